@@ -1,0 +1,40 @@
+# One command per job; each installs what it needs into .venv first.
+#   make test    run the test suite (what CI runs)
+#   make run     run the default experiment offline, then print how to open MLflow
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+SHARED_DATA := $(abspath ../shared/datasets)
+
+.PHONY: install test test-fast run lint bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[dev]"
+	touch $@
+
+test: install
+	ROBUSTBENCH_LOCAL_DATA_DIR=$${ROBUSTBENCH_LOCAL_DATA_DIR:-$(if $(wildcard $(SHARED_DATA)),$(SHARED_DATA),)} \
+		$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+run: install
+	$(PY) -m experiments.run
+	@echo
+	@echo "Browse the results with:  $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db"
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: install
+	$(PY) benchmarks/attacks.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache outputs multirun

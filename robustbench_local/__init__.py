@@ -1,0 +1,42 @@
+"""robustbench_local: datasets, a model zoo, robustness curves, health checks and a leaderboard.
+
+Example:
+    >>> import robustbench_local as rbl
+    >>> train, test = rbl.load_dataset("digits")
+    >>> model = rbl.create_model("digits_mlp")
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "load_dataset": "data",
+    "dataset_names": "data",
+    "create_model": "models",
+    "model_names": "models",
+    "save_checkpoint": "models",
+    "load_checkpoint": "models",
+    "weights_digest": "models",
+    "robustness_curve": "evaluate",
+    "Curve": "evaluate",
+    "benchmark": "benchmark",
+    "ModelCard": "benchmark",
+    "Leaderboard": "benchmark",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import public names lazily so ``import robustbench_local`` stays cheap."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'robustbench_local' has no attribute {name!r}")
+    module = importlib.import_module(f"robustbench_local.{_EXPORTS[name]}")
+    return getattr(module, name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+__all__ = sorted(_EXPORTS)
