@@ -5,16 +5,28 @@ Example:
     >>> atk = attacks.create("pgd", norm="linf", steps=40, step_size=0.01)
     >>> res = atk(model, x, y, eps=[0.1, 0.2, 0.3])
     >>> attacks.names()
+
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from attacks.base import ATTACKS, Attack, AttackContext, AttackResult, model_guard, parse_eps, register_attack
+from attacks.adaptive import BPDA, EOT, adaptive_model, needs_adaptive
+from attacks.art import ARTAttack
+from attacks.base import (
+    ATTACKS,
+    Attack,
+    AttackContext,
+    AttackResult,
+    model_guard,
+    parse_eps,
+    register_attack,
+)
 from attacks.fgsm import FGSM
 from attacks.pgd import PGD
 from attacks.registry import Registry
+from attacks.suite import AttackSuite
 from attacks.threat import Norm, ThreatModel
 
 
@@ -30,17 +42,23 @@ def names(pattern: str = "*") -> list[str]:
 
 __all__ = [
     "ATTACKS",
+    "BPDA",
+    "EOT",
     "FGSM",
     "PGD",
+    "ARTAttack",
     "Attack",
     "AttackContext",
     "AttackResult",
+    "AttackSuite",
     "Norm",
     "Registry",
     "ThreatModel",
+    "adaptive_model",
     "create",
     "model_guard",
     "names",
+    "needs_adaptive",
     "parse_eps",
     "register_attack",
 ]

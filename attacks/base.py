@@ -46,6 +46,7 @@ class AttackResult:
         n_backward: per-sample backward passes spent.
         wall_time: seconds.
         details: attack-specific extras (e.g. which suite member broke each sample).
+
     """
 
     x_adv: Tensor
@@ -73,6 +74,7 @@ class AttackContext:
         bounds: Valid input range.
         targeted: Whether labels passed to :meth:`success` are targets.
         generator: The seeded random generator every random draw must use.
+
     """
 
     def __init__(
@@ -90,6 +92,7 @@ class AttackContext:
         self.generator = generator
         self.n_forward = 0
         self.n_backward = 0
+        self.details: dict[str, Any] = {}
 
     def logits(self, x: Tensor) -> Tensor:
         """Forward pass without gradients."""
@@ -148,11 +151,14 @@ def parse_eps(eps: EpsLike, *, allow_none: bool = False) -> list[float] | None:
     Raises:
         TypeError: Non-numeric eps (strings, booleans, nested lists).
         ValueError: NaN, infinite or negative eps, an empty list, or a missing eps.
+
     """
     if eps is None:
         if allow_none:
             return None
-        raise ValueError("eps is required for this attack: pass eps=0.3 or a list such as eps=[0.1, 0.3]")
+        raise ValueError(
+            "eps is required for this attack: pass eps=0.3 or a list such as eps=[0.1, 0.3]"
+        )
     if isinstance(eps, Tensor):
         if eps.dim() > 1:
             raise ValueError(f"eps tensor must be 0-d or 1-d, got shape {tuple(eps.shape)}")
@@ -184,11 +190,14 @@ def check_inputs(x: Tensor, y: Tensor, bounds: tuple[float, float], name: str = 
     Raises:
         TypeError: Non-tensor or non-float ``x``; non-integer labels.
         ValueError: Wrong shapes, non-finite ``x`` or ``x`` outside ``bounds``.
+
     """
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
-        raise TypeError(f"x must be a float tensor in {bounds}, got dtype {x.dtype}; divide uint8 images by 255")
+        raise TypeError(
+            f"x must be a float tensor in {bounds}, got dtype {x.dtype}; divide uint8 images by 255"
+        )
     if x.dim() < 2 or x.shape[0] == 0:
         raise ValueError(f"x must be a non-empty batch [N, ...], got shape {tuple(x.shape)}")
     if not torch.isfinite(x).all():
@@ -216,6 +225,7 @@ def check_logits(logits: Tensor, n: int, labels: Sequence[Tensor]) -> None:
     Raises:
         ValueError: Wrong shape, NaN/inf outputs, probabilities instead of logits, or labels
             outside ``[0, C)``.
+
     """
     if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != n:
         shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
@@ -233,7 +243,9 @@ def check_logits(logits: Tensor, n: int, labels: Sequence[Tensor]) -> None:
         )
     for y in labels:
         if bool((y < 0).any()) or bool((y >= c).any()):
-            raise ValueError(f"labels must lie in [0, {c}), got values in [{int(y.min())}, {int(y.max())}]")
+            raise ValueError(
+                f"labels must lie in [0, {c}), got values in [{int(y.min())}, {int(y.max())}]"
+            )
 
 
 class Attack(ABC):
@@ -247,6 +259,7 @@ class Attack(ABC):
         seed: Seed of the attack's random generator; same seed and inputs give the same result.
         eval_mode: Put the model in eval mode during the attack (restored afterwards).
             Adversarial training may pass False to attack the model as it trains.
+
     """
 
     name: ClassVar[str] = "attack"
@@ -295,6 +308,7 @@ class Attack(ABC):
         Returns:
             ``[n, ...]`` candidates; the caller clips them into bounds and the ball and checks
             them with a fresh forward pass.
+
         """
 
     def __call__(
@@ -319,6 +333,7 @@ class Attack(ABC):
 
         Returns:
             An :class:`AttackResult`.
+
         """
         start = time.perf_counter()
         eps_list = parse_eps(eps, allow_none=self.minimum_norm)
@@ -330,7 +345,9 @@ class Attack(ABC):
                 raise ValueError(f"{self.name} is targeted: pass target= labels of shape [N]")
             labels = check_inputs(x, _detach_inputs(target), self.bounds, name="target")
         elif target is not None:
-            raise ValueError(f"{self.name} is untargeted; create it with targeted=True to use target=")
+            raise ValueError(
+                f"{self.name} is untargeted; create it with targeted=True to use target="
+            )
         generator = torch.Generator(device=x.device).manual_seed(self.seed)
         with model_guard(model, self.eval_mode):
             ctx = AttackContext(model, self.norm, self.bounds, self.targeted, generator)
@@ -343,6 +360,7 @@ class Attack(ABC):
             else:
                 result = self._fixed_budget(ctx, x, labels, clean_success, eps_list)
         result.clean_correct = clean_correct
+        result.details = ctx.details
         result.n_forward, result.n_backward = ctx.n_forward, ctx.n_backward
         result.wall_time = time.perf_counter() - start
         if eps is None or _is_scalar(eps):
@@ -353,7 +371,12 @@ class Attack(ABC):
         return result
 
     def _fixed_budget(
-        self, ctx: AttackContext, x: Tensor, labels: Tensor, clean_success: Tensor, eps_list: list[float]
+        self,
+        ctx: AttackContext,
+        x: Tensor,
+        labels: Tensor,
+        clean_success: Tensor,
+        eps_list: list[float],
     ) -> AttackResult:
         """Run ``run`` per eps in increasing order, only on samples not yet broken."""
         k = len(eps_list)
@@ -365,7 +388,9 @@ class Attack(ABC):
             idx = (~broken).nonzero().squeeze(1)
             if e > 0 and idx.numel() > 0:
                 cand = self.run(ctx, x[idx], labels[idx], e)
-                cand = project_and_clip(x[idx], cand.detach().to(x.dtype), self.norm, e, self.bounds)
+                cand = project_and_clip(
+                    x[idx], cand.detach().to(x.dtype), self.norm, e, self.bounds
+                )
                 hit = ctx.success(ctx.logits(cand), labels[idx])
                 current[idx] = cand
                 broken[idx] = hit
@@ -375,7 +400,12 @@ class Attack(ABC):
         return AttackResult(x_adv, success, norms, eps_t, clean_success)
 
     def _minimum_norm(
-        self, ctx: AttackContext, x: Tensor, labels: Tensor, clean_success: Tensor, eps_list: list[float] | None
+        self,
+        ctx: AttackContext,
+        x: Tensor,
+        labels: Tensor,
+        clean_success: Tensor,
+        eps_list: list[float] | None,
     ) -> AttackResult:
         """Run ``run`` once and threshold the per-sample minimal norms at every eps."""
         best = x.clone()

@@ -28,6 +28,7 @@ class FGSM(PGD):
 
     Example:
         >>> res = attacks.create("fgsm")(model, x, y, eps=0.1)
+
     """
 
     def __init__(

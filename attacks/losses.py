@@ -13,6 +13,7 @@ def cross_entropy(logits: Tensor, y: Tensor, targeted: bool = False) -> Tensor:
         logits: ``[N, C]``.
         y: ``[N]`` true labels, or target labels when ``targeted``.
         targeted: Maximise the target's log-probability instead.
+
     """
     ce = F.cross_entropy(logits, y, reduction="none")
     return -ce if targeted else ce
@@ -24,13 +25,17 @@ def _other_max(logits: Tensor, y: Tensor) -> Tensor:
     return masked.amax(dim=1)
 
 
-def cw_margin(logits: Tensor, y: Tensor, targeted: bool = False, kappa: float = float("inf")) -> Tensor:
+def cw_margin(
+    logits: Tensor, y: Tensor, targeted: bool = False, kappa: float = float("inf")
+) -> Tensor:
     """Carlini-Wagner margin, positive once the attack succeeds, capped at ``kappa``.
 
-    Untargeted: ``max_{j != y} z_j - z_y``. Targeted (``y`` is the target): ``z_y - max_{j != y} z_j``.
+    Untargeted: ``max_{j != y} z_j - z_y``.
+    Targeted (``y`` is the target): ``z_y - max_{j != y} z_j``.
 
     References:
         Carlini & Wagner, "Towards Evaluating the Robustness of Neural Networks", IEEE S&P 2017.
+
     """
     z_y = logits.gather(1, y.unsqueeze(1)).squeeze(1)
     margin = z_y - _other_max(logits, y) if targeted else _other_max(logits, y) - z_y
@@ -45,6 +50,7 @@ def dlr(logits: Tensor, y: Tensor) -> Tensor:
     References:
         Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse
         parameter-free attacks", ICML 2020.
+
     """
     if logits.shape[1] < 3:
         raise ValueError("DLR needs at least 3 classes; use cross-entropy or the CW margin")
@@ -58,6 +64,7 @@ def dlr_targeted(logits: Tensor, y: Tensor, target: Tensor) -> Tensor:
 
     References:
         Croce & Hein, ICML 2020 (APGD-T).
+
     """
     if logits.shape[1] < 4:
         raise ValueError("targeted DLR needs at least 4 classes; use apgd_ce or pgd")

@@ -41,6 +41,7 @@ class PGD(Attack):
         >>> atk = attacks.create("pgd", norm="linf", steps=40, step_size=0.01)
         >>> res = atk(model, x, y, eps=0.3)
         >>> res.robust_accuracy
+
     """
 
     def __init__(
@@ -105,14 +106,18 @@ class PGD(Attack):
         alpha = self.alpha(eps)
         x_adv = x.clone()
         if self.random_start:
-            x_adv = project_and_clip(x, x + random_start(x, self.norm, eps, ctx.generator), self.norm, eps, ctx.bounds)
+            x_adv = project_and_clip(
+                x, x + random_start(x, self.norm, eps, ctx.generator), self.norm, eps, ctx.bounds
+            )
         n = x.shape[0]
         loss = torch.full((n,), float("-inf"), device=x.device, dtype=x.dtype)
         hit = torch.zeros(n, dtype=torch.bool, device=x.device)
         active = torch.arange(n, device=x.device)
         for _ in range(self.steps):
             xa, ya = x_adv[active], y[active]
-            step_loss, grad, logits = ctx.loss_and_grad(xa, lambda z, ya=ya: loss_fn(z, ya, ctx.targeted))
+            step_loss, grad, logits = ctx.loss_and_grad(
+                xa, lambda z, ya=ya: loss_fn(z, ya, ctx.targeted)
+            )
             loss[active] = step_loss
             if self.early_stop:
                 fooled = ctx.success(logits, ya)

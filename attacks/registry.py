@@ -26,6 +26,7 @@ class Registry(Generic[T]):
         ... class Tiny: ...
         >>> MODELS.names()
         ['tiny']
+
     """
 
     def __init__(self, kind: str) -> None:
@@ -37,6 +38,7 @@ class Registry(Generic[T]):
 
         Raises:
             ValueError: If ``name`` is already taken.
+
         """
         key = name.lower()
 
@@ -53,6 +55,7 @@ class Registry(Generic[T]):
 
         Raises:
             ValueError: For an unknown name; the message lists the known names.
+
         """
         if not isinstance(name, str):
             raise TypeError(f"{self.kind} name must be a string, got {type(name).__name__}")

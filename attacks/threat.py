@@ -27,6 +27,7 @@ class Norm(str, Enum):
 
         Raises:
             ValueError: For an unknown norm, listing the known ones.
+
         """
         if isinstance(value, Norm):
             return value
@@ -45,6 +46,7 @@ class ThreatModel:
         norm: ``linf`` or ``l2``.
         eps: The budget in input units (0.3 on MNIST for linf, 8/255 on CIFAR-10).
         bounds: The valid input range ``(lo, hi)``.
+
     """
 
     norm: Norm = Norm.LINF
@@ -79,7 +81,11 @@ def project(delta: Tensor, norm: Norm, eps: float | Tensor) -> Tensor:
     """Project ``delta`` onto the ``eps``-ball of ``norm`` (per sample)."""
     e = _per_sample(eps, delta)
     if Norm.parse(norm) is Norm.LINF:
-        return torch.maximum(torch.minimum(delta, e), -e) if isinstance(e, Tensor) else delta.clamp(-e, e)
+        return (
+            torch.maximum(torch.minimum(delta, e), -e)
+            if isinstance(e, Tensor)
+            else delta.clamp(-e, e)
+        )
     n = norm_of(delta, Norm.L2).view(-1, *([1] * (delta.dim() - 1)))
     factor = torch.clamp(e / (n + _TINY), max=1.0)
     return delta * factor

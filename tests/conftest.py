@@ -43,7 +43,9 @@ def digits() -> tuple[torch.Tensor, torch.Tensor]:
     return x, torch.tensor(d.target, dtype=torch.long)
 
 
-def train_digits_mlp(x: torch.Tensor, y: torch.Tensor, epochs: int = 150, seed: int = 0) -> nn.Module:
+def train_digits_mlp(
+    x: torch.Tensor, y: torch.Tensor, epochs: int = 150, seed: int = 0
+) -> nn.Module:
     """A small MLP trained full-batch on digits (about a second on one core)."""
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))

@@ -1,0 +1,114 @@
+"""Bad input gets a clear error that names the problem and the fix."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import attacks
+
+
+@pytest.fixture
+def pgd():
+    return attacks.create("pgd", steps=2)
+
+
+@pytest.mark.parametrize(
+    ("eps", "exc", "match"),
+    [
+        (-0.1, ValueError, ">= 0"),
+        (math.nan, ValueError, "finite"),
+        (math.inf, ValueError, "finite"),
+        ("0.3", TypeError, "number"),
+        (True, TypeError, "number"),
+        ([0.1, "a"], TypeError, "numbers"),
+        ([], ValueError, "empty"),
+        (None, ValueError, "eps is required"),
+        (torch.ones(2, 2), ValueError, "0-d or 1-d"),
+    ],
+)
+def test_bad_eps(pgd, digits_model, digits_batch, eps, exc, match):
+    x, y = digits_batch
+    with pytest.raises(exc, match=match):
+        pgd(digits_model, x, y, eps=eps)
+
+
+def test_x_outside_bounds_says_how_to_fix(pgd, digits_model, digits_batch):
+    x, y = digits_batch
+    with pytest.raises(ValueError, match="normalisation inside the model"):
+        pgd(digits_model, (x - 0.5) / 0.2, y, eps=0.1)
+
+
+def test_uint8_inputs(pgd, digits_model, digits_batch):
+    x, y = digits_batch
+    with pytest.raises(TypeError, match="255"):
+        pgd(digits_model, (x * 255).to(torch.uint8), y, eps=0.1)
+
+
+@pytest.mark.parametrize(
+    ("labels", "exc", "match"),
+    [
+        (lambda y: y[:-1], ValueError, "shape"),
+        (lambda y: y.float(), TypeError, "integer"),
+        (lambda y: y + 10, ValueError, r"\[0, 10\)"),
+        (lambda y: y - 100, ValueError, r"\[0, 10\)"),
+        (lambda y: y.tolist(), TypeError, "Tensor"),
+    ],
+)
+def test_bad_labels(pgd, digits_model, digits_batch, labels, exc, match):
+    x, y = digits_batch
+    with pytest.raises(exc, match=match):
+        pgd(digits_model, x, labels(y), eps=0.1)
+
+
+def test_probabilities_are_refused(pgd, digits_model, digits_batch):
+    x, y = digits_batch
+    model = nn.Sequential(digits_model, nn.Softmax(dim=1))
+    with pytest.raises(ValueError, match="probabilities"):
+        pgd(model, x, y, eps=0.1)
+
+
+def test_nan_logits_are_refused(pgd, digits_batch):
+    x, y = digits_batch
+
+    class NaNModel(nn.Module):
+        def forward(self, x):
+            return torch.full((x.shape[0], 10), float("nan"))
+
+    with pytest.raises(ValueError, match="NaN"):
+        pgd(NaNModel(), x, y, eps=0.1)
+
+
+def test_wrong_output_shape(pgd, digits_batch):
+    x, y = digits_batch
+    with pytest.raises(ValueError, match=r"\[N, C\]"):
+        pgd(nn.Identity(), x, y, eps=0.1)
+
+
+def test_unknown_attack_lists_known():
+    with pytest.raises(ValueError, match=r"Known attacks: .*pgd"):
+        attacks.create("pdg")
+    with pytest.raises(ValueError, match="Did you mean 'pgd'"):
+        attacks.create("pdg")
+
+
+def test_bad_settings():
+    with pytest.raises(ValueError, match="steps"):
+        attacks.create("pgd", steps=0)
+    with pytest.raises(ValueError, match="norm"):
+        attacks.create("pgd", norm="l7")
+    with pytest.raises(ValueError, match="loss"):
+        attacks.create("pgd", loss="hinge")
+    with pytest.raises(ValueError, match="bounds"):
+        attacks.create("pgd", bounds=(1, 0))
+
+
+def test_targeted_needs_target(digits_model, digits_batch):
+    x, y = digits_batch
+    with pytest.raises(ValueError, match="target="):
+        attacks.create("pgd", targeted=True)(digits_model, x, y, eps=0.1)
+    with pytest.raises(ValueError, match="untargeted"):
+        attacks.create("pgd")(digits_model, x, y, eps=0.1, target=y)
