@@ -14,6 +14,13 @@ from typing import Any
 _EXPORTS = {
     "load_dataset": "data",
     "dataset_names": "data",
+    "dataset_info": "data",
+    "DatasetInfo": "data",
+    "subset": "data",
+    "sample_indices": "data",
+    "ChecksumError": "data",
+    "DownloadError": "data",
+    "Normalize": "models",
     "create_model": "models",
     "model_names": "models",
     "save_checkpoint": "models",
