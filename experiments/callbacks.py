@@ -1,0 +1,101 @@
+"""Hydra callback that makes a sweep one MLflow parent run with a child run per job.
+
+The parent run is created in the launching process before any job starts; its id is written
+to ``<sweep dir>/mlflow_parent_run_id`` and exported as ``EXPERIMENTS_PARENT_RUN_ID``, so jobs
+started by any launcher (joblib processes, submitit on this machine or on SLURM) find it. Jobs
+only create their own child runs, which is safe when they run in parallel.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+logger = logging.getLogger(__name__)
+
+PARENT_ENV = "EXPERIMENTS_PARENT_RUN_ID"
+PARENT_FILE = "mlflow_parent_run_id"
+
+
+def parent_run_id() -> str | None:
+    """The sweep's parent run id inside a multirun job (``None`` for a single run)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    path = Path(HydraConfig.get().sweep.dir) / PARENT_FILE
+    if path.is_file():
+        return path.read_text().strip() or None
+    return os.environ.get(PARENT_ENV) or None
+
+
+class MLflowSweepCallback(Callback):
+    """Create the parent run at sweep start and close it at sweep end.
+
+    At the end the parent gets status FAILED if any child failed, the number of children, and
+    a comparison plot of the children's worst-case curves (``comparison.png``).
+    """
+
+    def __init__(self) -> None:
+        self.run_id: str | None = None
+        self.uri: str | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Create the parent run and publish its id to the jobs."""
+        if not config.tracking.enabled:
+            return
+        from mlflow import MlflowClient
+
+        from experiments.tracking import run_tags, tracking_uri
+
+        self.uri = tracking_uri(config.tracking.uri)
+        client = MlflowClient(self.uri)
+        exp_id = _experiment_id(client, config.tracking.experiment_name)
+        sweep_dir = Path(config.hydra.sweep.dir)
+        tags = {k: v for k, v in run_tags(config, []).items() if k.startswith(("version.", "git"))}
+        tags.update({"sweep": "parent", "sweep_dir": str(sweep_dir.resolve())})
+        overrides = " ".join(config.hydra.overrides.task)
+        name = config.tracking.run_name or f"sweep {overrides}"[:250]
+        run = client.create_run(exp_id, run_name=name, tags=tags)
+        self.run_id = run.info.run_id
+        client.log_param(self.run_id, "overrides", overrides[:6000])
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        (sweep_dir / PARENT_FILE).write_text(self.run_id)
+        os.environ[PARENT_ENV] = self.run_id
+        logger.info("MLflow sweep parent run %s at %s", self.run_id, self.uri)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """Close the parent run: FAILED if a child failed, else FINISHED."""
+        if self.run_id is None:
+            return
+        from mlflow import MlflowClient
+
+        from experiments.compare import child_runs, comparison_figure, run_curves
+
+        client = MlflowClient(self.uri)
+        children = child_runs(client, self.run_id)
+        failed = [r for r in children if r.info.status == "FAILED"]
+        client.log_metric(self.run_id, "n_children", len(children))
+        client.log_metric(self.run_id, "n_failed", len(failed))
+        if children:
+            client.log_figure(
+                self.run_id,
+                comparison_figure([run_curves(client, r) for r in children]),
+                "comparison.png",
+            )
+        client.set_terminated(self.run_id, "FAILED" if failed else "FINISHED")
+        os.environ.pop(PARENT_ENV, None)
+
+
+def _experiment_id(client: Any, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    return exp.experiment_id if exp is not None else client.create_experiment(name)
+
+
+__all__ = ["PARENT_ENV", "PARENT_FILE", "MLflowSweepCallback", "parent_run_id"]

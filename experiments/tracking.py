@@ -1,0 +1,270 @@
+"""Everything MLflow: where runs go, what each run records, and how curves become metrics.
+
+Metric layout of a run (``<norm>`` is ``linf`` or ``l2``, ``<label>`` an attack label such as
+``pgd`` or ``pgd+adaptive``):
+
+- ``clean_acc``: clean accuracy on the evaluated samples.
+- ``robust_acc/<norm>/<label>`` and ``robust_acc/<norm>/worst_case``: one value per eps, with
+  ``step`` = the index of the eps in the grid (MLflow steps are integers).
+- ``eps/<norm>``: the eps value at each step, so ``step`` -> eps can be read back.
+- ``headline_robust_acc``: worst-case robust accuracy at the headline eps.
+- ``cost/<norm>/<label>/{wall_time,n_forward,n_backward}``: attack cost.
+- ``train/<name>``: training metrics, ``step`` = epoch.
+
+Artifacts: ``config.yaml``, ``manifest.json``, ``health.json``, ``curves/<norm>.json``
+(the full :class:`~robustbench_local.Curve`), ``curves/<norm>.png``, ``curves/<norm>_table.txt``,
+``curves/<norm>_per_example.csv`` (rows: evaluated samples; columns: label@eps, 1 = robust) and
+the model (``checkpoint/model.pt`` plus an MLflow PyTorch model named ``model``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_PACKAGES = ("torch", "numpy", "mlflow", "hydra-core", "adversarial-robustness-toolbox")
+_MAX_PARAM_LEN = 500
+
+
+def tracking_uri(uri: str | None = None) -> str:
+    """The tracking URI: ``uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``."""
+    if uri:
+        return str(uri)
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+def git_commit() -> str | None:
+    """The project's git commit (``None`` outside a git checkout)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def versions() -> dict[str, str]:
+    """Python and key package versions."""
+    out = {"python": platform.python_version()}
+    for pkg in _PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[pkg] = metadata.version(pkg)
+    return out
+
+
+def flat_params(cfg: DictConfig) -> dict[str, str]:
+    """The resolved config as flat ``a.b.c -> value`` strings (long values truncated)."""
+    out: dict[str, str] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, Mapping):
+            for k, v in node.items():
+                walk(v, f"{prefix}.{k}" if prefix else str(k))
+        else:
+            out[prefix] = str(node)[:_MAX_PARAM_LEN]
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return out
+
+
+def metric_batch(values: Mapping[str, float | list[float]], step: int = 0) -> list[Metric]:
+    """MLflow metrics: a scalar at ``step``, or a list whose index is the step."""
+    now = int(time.time() * 1000)
+    batch = []
+    for key, value in values.items():
+        seq = value if isinstance(value, list) else [value]
+        first = 0 if isinstance(value, list) else step
+        batch += [Metric(key, float(v), now, first + i) for i, v in enumerate(seq)]
+    return batch
+
+
+class RunLogger:
+    """Writes one experiment run's records to the active MLflow run.
+
+    Args:
+        run_id: The MLflow run to write to.
+        client: Client bound to the tracking URI.
+    """
+
+    def __init__(self, run_id: str, client: MlflowClient) -> None:
+        self.run_id = run_id
+        self.client = client
+
+    def metrics(self, values: Mapping[str, float | list[float]], step: int = 0) -> None:
+        """Log metrics in one batch (lists: one value per step)."""
+        batch = metric_batch(values, step)
+        if batch:
+            self.client.log_batch(self.run_id, metrics=batch)
+
+    def training_callback(self, prefix: str = "train") -> Callable[[int, dict[str, float]], None]:
+        """A trainer callback ``cb(epoch, metrics)`` that logs ``<prefix>/<name>`` per epoch."""
+
+        def callback(epoch: int, values: dict[str, float]) -> None:
+            numeric = {
+                f"{prefix}/{k}": float(v) for k, v in values.items() if isinstance(v, int | float)
+            }
+            self.metrics(numeric, step=int(epoch))
+
+        return callback
+
+    def config(self, cfg: DictConfig) -> None:
+        """The resolved config as params and as ``config.yaml``."""
+        mlflow.log_params(flat_params(cfg))
+        mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+
+    def curves(self, curves: Mapping[str, Any], headline: float | None) -> None:
+        """Robustness curves as step-indexed metrics plus JSON, table, CSV and PNG artifacts."""
+        values: dict[str, float | list[float]] = {}
+        for norm, curve in curves.items():
+            values["clean_acc"] = curve.clean_accuracy
+            values[f"eps/{norm}"] = curve.eps.tolist()
+            for label in curve.attacks:
+                values[f"robust_acc/{norm}/{label}"] = curve.accuracy(label).tolist()
+                for key, v in curve.cost.get(label, {}).items():
+                    values[f"cost/{norm}/{label}/{key}"] = float(v)
+            values[f"robust_acc/{norm}/worst_case"] = curve.worst_case().tolist()
+            self._curve_artifacts(norm, curve)
+        if headline is not None:
+            values["headline_robust_acc"] = headline
+        self.metrics(values)
+
+    def _curve_artifacts(self, norm: str, curve: Any) -> None:
+        mlflow.log_dict(curve.to_dict(), f"curves/{norm}.json")
+        mlflow.log_text(curve.table(), f"curves/{norm}_table.txt")
+        mlflow.log_text(per_example_csv(curve), f"curves/{norm}_per_example.csv")
+        mlflow.log_figure(curve.plot(title=f"{norm} robustness"), f"curves/{norm}.png")
+
+    def health(self, flags: list[dict[str, Any]]) -> None:
+        """Health flags as ``health.json`` and a ``health`` tag (``ok`` or the failed names)."""
+        mlflow.log_dict({"flags": flags}, "health.json")
+        failed = sorted({f["name"] for f in flags if not f.get("ok", True)})
+        mlflow.set_tag("health", ",".join(failed) if failed else "ok")
+
+    def model(self, model: nn.Module, log_pytorch_model: bool = True) -> None:
+        """The weights as a checkpoint artifact and (optionally) an MLflow PyTorch model."""
+        from robustbench_local import save_checkpoint
+
+        net = getattr(model, "classifier", model)
+        arch = None if getattr(net, "arch", None) else type(net).__name__
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.pt"
+            save_checkpoint(net, path, arch=arch)
+            mlflow.log_artifact(str(path), "checkpoint")
+        if log_pytorch_model:
+            import torch
+
+            mlflow.pytorch.log_model(
+                model,
+                name="model",
+                pip_requirements=[f"torch=={torch.__version__}"],
+                serialization_format="pickle",
+            )
+
+    def manifest(self, manifest: Mapping[str, Any]) -> None:
+        """The reproducibility manifest as ``manifest.json``."""
+        mlflow.log_dict(dict(manifest), "manifest.json")
+
+
+def per_example_csv(curve: Any) -> str:
+    """The per-example robustness matrix: one row per sample, one column per label@eps."""
+    buf = io.StringIO()
+    eps = curve.eps.tolist()
+    cols = [f"{label}@{e:.6g}" for label in curve.attacks for e in eps]
+    buf.write(",".join(["index", "clean_correct", *cols]) + "\n")
+    mats = [curve.robust[label].int() for label in curve.attacks]
+    for n, idx in enumerate(curve.indices.tolist()):
+        row = [str(int(m[k, n])) for m in mats for k in range(len(eps))]
+        buf.write(",".join([str(idx), str(int(curve.clean_correct[n])), *row]) + "\n")
+    return buf.getvalue()
+
+
+def run_tags(cfg: DictConfig, attack_labels: list[str]) -> dict[str, str]:
+    """Searchable tags: dataset, model, defense, attacks, git commit and versions."""
+    model = cfg.model.get("name") or str(cfg.model.get("_target_", "custom")).rsplit(".", 1)[-1]
+    tags = {
+        "dataset": str(cfg.dataset.name),
+        "model": str(model),
+        "defense": str(cfg.defense.get("name", "none")),
+        "attacks": ",".join(attack_labels),
+        "seed": str(cfg.seed),
+    }
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+        tags["git_commit"] = commit
+    tags.update({f"version.{k}": v for k, v in versions().items()})
+    tags.update({str(k): str(v) for k, v in (cfg.tracking.get("tags") or {}).items()})
+    return tags
+
+
+@contextlib.contextmanager
+def mlflow_run(
+    cfg: DictConfig, tags: Mapping[str, str], parent_run_id: str | None = None
+) -> Iterator[RunLogger | None]:
+    """An MLflow run for one experiment (``None`` if tracking is disabled).
+
+    The run ends FINISHED, or FAILED with the error as the ``error`` tag and ``error.txt``
+    when the body raises (the exception propagates).
+    """
+    if not cfg.tracking.enabled:
+        yield None
+        return
+    uri = tracking_uri(cfg.tracking.uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(cfg.tracking.experiment_name)
+    name = cfg.tracking.run_name or f"{tags['dataset']}-{tags['model']}-{tags['defense']}"
+    with mlflow.start_run(run_name=name, parent_run_id=parent_run_id, tags=dict(tags)) as run:
+        logger.info("MLflow run %s (%s) at %s", run.info.run_id, name, uri)
+        try:
+            yield RunLogger(run.info.run_id, MlflowClient(uri))
+        except BaseException as err:
+            mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:5000])
+            mlflow.log_text(_format_error(err), "error.txt")
+            raise
+
+
+def _format_error(err: BaseException) -> str:
+    import traceback
+
+    return "".join(traceback.format_exception(type(err), err, err.__traceback__))
+
+
+__all__ = [
+    "RunLogger",
+    "flat_params",
+    "git_commit",
+    "metric_batch",
+    "mlflow_run",
+    "per_example_csv",
+    "run_tags",
+    "tracking_uri",
+    "versions",
+]

@@ -1,0 +1,82 @@
+"""End-to-end runs through the pure run(cfg), tracked in a real SQLite MLflow store."""
+
+from __future__ import annotations
+
+import pytest
+from mlflow import MlflowClient
+
+from experiments.compare import run_curves
+from experiments.run import run
+
+from .conftest import options, tiny
+
+
+def test_default_experiment_logs_curves_to_mlflow(make_cfg, sqlite_uri, tmp_path):
+    cfg = make_cfg(tiny(["defense.epochs=2", f"+output_dir={tmp_path / 'out'}"], ["pgd", "cw_l2"]))
+    res = run(cfg)
+    assert set(res.curves) == {"linf", "l2"}
+    linf = res.curves["linf"]
+    assert linf.attacks == ["fgsm", "pgd"] and res.curves["l2"].attacks == ["cw_l2"]
+    assert 0.0 <= res.headline <= res.clean_accuracy
+    assert (res.output_dir / "curve_linf.png").is_file()
+
+    client = MlflowClient(sqlite_uri)
+    mrun = client.get_run(res.run_id)
+    assert mrun.info.status == "FINISHED"
+    tags = mrun.data.tags
+    assert tags["dataset"] == "digits" and tags["defense"] == "fgsm_at"
+    assert tags["attacks"] == "fgsm,pgd,cw_l2" and "version.torch" in tags
+    assert mrun.data.params["defense.eps"] == "0.2"
+    curves = run_curves(client, mrun)
+    assert curves.eps["linf"] == pytest.approx(linf.eps.tolist())
+    assert curves.accuracy["linf"]["pgd"] == pytest.approx(linf.accuracy("pgd").tolist())
+    assert curves.accuracy["linf"]["worst_case"] == pytest.approx(linf.worst_case().tolist())
+    assert mrun.data.metrics["headline_robust_acc"] == pytest.approx(res.headline)
+    history = client.get_metric_history(res.run_id, "train/loss")
+    assert [m.step for m in history] == [1, 2] or [m.step for m in history] == [0, 1]
+    files = {f.path for f in client.list_artifacts(res.run_id)}
+    assert {"config.yaml", "manifest.json", "health.json", "curves", "checkpoint"} <= files
+    curve_files = {f.path for f in client.list_artifacts(res.run_id, "curves")}
+    assert {"curves/linf.png", "curves/linf.json", "curves/linf_per_example.csv"} <= curve_files
+
+
+def test_input_defense_reports_naive_and_adaptive_curves(make_cfg, tmp_path):
+    cfg = make_cfg(
+        tiny(
+            ["defense=bit_depth", "attack=pgd", "tracking=none", f"+output_dir={tmp_path}"], ["pgd"]
+        )
+    )
+    res = run(cfg)
+    labels = res.curves["linf"].attacks
+    assert labels == ["pgd", "pgd+adaptive"]
+    adaptive = res.curves["linf"].accuracy("pgd+adaptive")
+    assert (adaptive <= res.curves["linf"].accuracy("pgd") + 1e-9).all()
+
+
+def test_a_run_that_raises_ends_failed_with_the_error(make_cfg, sqlite_uri, tmp_path):
+    cfg = make_cfg(tiny(["defense.epochs=0", f"+output_dir={tmp_path}"], ["pgd", "cw_l2"]))
+    with pytest.raises(ValueError, match="epochs"):
+        run(cfg)
+    client = MlflowClient(sqlite_uri)
+    (mrun,) = client.search_runs([client.get_experiment_by_name("robustness").experiment_id])
+    assert mrun.info.status == "FAILED"
+    assert "epochs" in mrun.data.tags["error"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", options("experiment"))
+def test_every_experiment_preset_runs_end_to_end(make_cfg, preset, mnist_available, tmp_path):
+    over = [
+        f"experiment={preset}",
+        "dataset.train_subset=300",
+        "tracking=none",
+        f"+output_dir={tmp_path}",
+    ]
+    if preset != "mnist_denoise":
+        over.append("defense.epochs=1")
+    if preset == "mnist_early_stopping":
+        over += ["dataset.val_size=100", "defense.early_stopping.n=50"]
+    cfg = make_cfg(tiny(over, ["pgd"]))
+    res = run(cfg)
+    assert 0.0 <= res.headline <= 1.0
+    assert res.curves["linf"].n_examples == 60
