@@ -24,7 +24,7 @@ def build(node: DictConfig | dict[str, Any] | None, what: str, **kwargs: Any) ->
     if node is None or OmegaConf.select(OmegaConf.create(node), "_target_") is None:
         return None
     try:
-        return instantiate(node, **kwargs)
+        return instantiate(node, _convert_="all", **kwargs)
     except InstantiationException as err:
         cause = err.__cause__ or err
         raise ValueError(

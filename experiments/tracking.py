@@ -125,11 +125,16 @@ class RunLogger:
             self.client.log_batch(self.run_id, metrics=batch)
 
     def training_callback(self, prefix: str = "train") -> Callable[[int, dict[str, float]], None]:
-        """A trainer callback ``cb(epoch, metrics)`` that logs ``<prefix>/<name>`` per epoch."""
+        """A trainer callback ``cb(epoch, metrics)`` logging ``<prefix>/<name>`` per epoch.
+
+        A leading ``train_`` in the trainer's names is dropped (``train_loss`` -> ``train/loss``).
+        """
 
         def callback(epoch: int, values: dict[str, float]) -> None:
             numeric = {
-                f"{prefix}/{k}": float(v) for k, v in values.items() if isinstance(v, int | float)
+                f"{prefix}/{k.removeprefix('train_')}": float(v)
+                for k, v in values.items()
+                if isinstance(v, int | float)
             }
             self.metrics(numeric, step=int(epoch))
 

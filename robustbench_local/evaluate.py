@@ -316,7 +316,7 @@ def robustness_curve(
             first = (x[:100], y[:100])
             if checks:
                 pre_flags = _preflight(model, x, y, attack_map)
-        with torch.no_grad():
+        with atk_lib.model_guard(model, eval_mode=True), torch.no_grad():
             clean.append((model(x).argmax(1) == y).cpu())
         for label, attack, target in runs:
             bar.set_postfix_str(label)

@@ -78,7 +78,7 @@ def test_unknown_option_lists_the_valid_ones(make_cfg):
         ("eval.eps.linf=[0.1,abc]", "cannot read"),
         ("eval.headline.eps=0.25", "not on the linf grid"),
         ("eval.n_examples=-3", "positive integer"),
-        ("eval.eps={linf:[0.1,0.2]}", "norm"),
+        ("~eval.eps.l2", "norm"),
     ],
 )
 def test_bad_eval_config_fails_before_training(make_cfg, override, match):

@@ -74,6 +74,8 @@ def test_every_experiment_preset_runs_end_to_end(make_cfg, preset, mnist_availab
     ]
     if preset != "mnist_denoise":
         over.append("defense.epochs=1")
+    if preset == "mnist_fast_at":
+        over.append("defense.guard_n=64")
     if preset == "mnist_early_stopping":
         over += ["dataset.val_size=100", "defense.early_stopping.n=50"]
     cfg = make_cfg(tiny(over, ["pgd"]))
