@@ -174,6 +174,7 @@ def preflight(model: nn.Module, x: Tensor, y: Tensor) -> None:
         ValueError: Wrong output shape, or any error-level preflight flag.
     """
     from robustbench_local.checks import preflight as rbl_preflight
+    from robustbench_local.checks import raise_on_errors
 
     num_classes = int(y.max()) + 1
     with atk_lib.model_guard(model, eval_mode=True), torch.no_grad():
@@ -183,12 +184,7 @@ def preflight(model: nn.Module, x: Tensor, y: Tensor) -> None:
                 f"the model returns shape {tuple(out.shape)} for input {tuple(x.shape)}; it "
                 f"must return logits [N, num_classes>={num_classes}]"
             )
-        flags = rbl_preflight(model, x, y, (0.0, 1.0))
-    errors = [f for f in flags if not f.ok and f.severity == "error"]
-    if errors:
-        raise ValueError(
-            "the model fails the preflight: " + "; ".join(f"{f.message} {f.advice}" for f in errors)
-        )
+        raise_on_errors(rbl_preflight(model, x, y, (0.0, 1.0)))
 
 
 def apply_defense(

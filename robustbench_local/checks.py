@@ -134,6 +134,17 @@ def summarize(flags: list[Flag]) -> str:
     return "\n".join(str(f) for f in sorted(flags, key=lambda f: (f.ok, f.name)))
 
 
+def raise_on_errors(flags: list[Flag], what: str = "the model fails the preflight") -> None:
+    """Raise if any flag failed with error severity.
+
+    Raises:
+        ValueError: Listing each error flag's message and advice.
+    """
+    errors = [f for f in flags if not f.ok and f.severity == "error"]
+    if errors:
+        raise ValueError(f"{what}: " + "; ".join(f"{f.message} {f.advice}" for f in errors))
+
+
 # ============================================================================== preflight
 
 

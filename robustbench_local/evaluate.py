@@ -349,13 +349,10 @@ def _preflight(
     model: nn.Module, x: Tensor, y: Tensor, attack_map: dict[str, atk_lib.Attack]
 ) -> list[Any]:
     """Run the preflight checks; raise on an error-level failure."""
-    from robustbench_local.checks import preflight
+    from robustbench_local.checks import preflight, raise_on_errors
 
-    bounds = next(iter(attack_map.values())).bounds
-    flags = preflight(model, x, y, bounds)
-    errors = [f for f in flags if not f.ok and f.severity == "error"]
-    if errors:
-        raise ValueError("; ".join(f"{f.message} {f.advice}" for f in errors))
+    flags = preflight(model, x, y, next(iter(attack_map.values())).bounds)
+    raise_on_errors(flags)
     return flags
 
 
