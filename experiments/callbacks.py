@@ -52,11 +52,11 @@ class MLflowSweepCallback(Callback):
             return
         from mlflow import MlflowClient
 
-        from experiments.tracking import run_tags, tracking_uri
+        from experiments.tracking import ensure_experiment, run_tags, tracking_uri
 
         self.uri = tracking_uri(config.tracking.uri)
         client = MlflowClient(self.uri)
-        exp_id = _experiment_id(client, config.tracking.experiment_name)
+        exp_id = ensure_experiment(client, config.tracking.experiment_name, self.uri)
         sweep_dir = Path(config.hydra.sweep.dir)
         tags = {k: v for k, v in run_tags(config, []).items() if k.startswith(("version.", "git"))}
         tags.update({"sweep": "parent", "sweep_dir": str(sweep_dir.resolve())})
@@ -91,11 +91,6 @@ class MLflowSweepCallback(Callback):
             )
         client.set_terminated(self.run_id, "FAILED" if failed else "FINISHED")
         os.environ.pop(PARENT_ENV, None)
-
-
-def _experiment_id(client: Any, name: str) -> str:
-    exp = client.get_experiment_by_name(name)
-    return exp.experiment_id if exp is not None else client.create_experiment(name)
 
 
 __all__ = ["PARENT_ENV", "PARENT_FILE", "MLflowSweepCallback", "parent_run_id"]

@@ -35,6 +35,7 @@ from typing import Any
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -53,6 +54,27 @@ def tracking_uri(uri: str | None = None) -> str:
     if env:
         return env
     return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
+    """The id of experiment ``name``, created if missing.
+
+    With a SQLite store, new experiments keep their artifacts in ``mlartifacts/`` beside the
+    database file (not in ``./mlruns`` of whatever folder the job runs in).
+    """
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if uri.startswith("sqlite:///"):
+        location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:  # created meanwhile by a parallel job
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
 def git_commit() -> str | None:
@@ -244,7 +266,9 @@ def mlflow_run(
         return
     uri = tracking_uri(cfg.tracking.uri)
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(cfg.tracking.experiment_name)
+    mlflow.set_experiment(
+        experiment_id=ensure_experiment(MlflowClient(uri), cfg.tracking.experiment_name, uri)
+    )
     name = cfg.tracking.run_name or f"{tags['dataset']}-{tags['model']}-{tags['defense']}"
     with mlflow.start_run(run_name=name, parent_run_id=parent_run_id, tags=dict(tags)) as run:
         logger.info("MLflow run %s (%s) at %s", run.info.run_id, name, uri)
@@ -264,6 +288,7 @@ def _format_error(err: BaseException) -> str:
 
 __all__ = [
     "RunLogger",
+    "ensure_experiment",
     "flat_params",
     "git_commit",
     "metric_batch",

@@ -23,6 +23,7 @@ def test_default_experiment_logs_curves_to_mlflow(make_cfg, sqlite_uri, tmp_path
     client = MlflowClient(sqlite_uri)
     mrun = client.get_run(res.run_id)
     assert mrun.info.status == "FINISHED"
+    assert mrun.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
     tags = mrun.data.tags
     assert tags["dataset"] == "digits" and tags["defense"] == "fgsm_at"
     assert tags["attacks"] == "fgsm,pgd,cw_l2" and "version.torch" in tags
