@@ -1,0 +1,146 @@
+"""Gate tests: plugin loading for pytester, digits checkpoints, and the repo's own MNIST gate.
+
+The repository's gate file ``tests/gates/robustness_gates.yaml`` checks a small CNN trained on
+real MNIST during the test session. Its ``model:`` is ``${ROBUSTNESS_GATES_MNIST_CKPT}``: just
+before the first gate of that file runs, :func:`pytest_runtest_setup` below trains the model
+(FGSM-RS adversarial training, Wong et al. 2020, a few seconds on one core), saves it into a
+temporary folder and exports its path in that variable (restored at the end of the session).
+Set the variable yourself to gate another checkpoint of the same architecture instead. Without
+the MNIST mirror ($ROBUSTBENCH_LOCAL_DATA_DIR or ../shared/datasets) the gates are skipped.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[2]
+GATE_FILE = Path(__file__).with_name("robustness_gates.yaml")
+CKPT_ENV = "ROBUSTNESS_GATES_MNIST_CKPT"
+DATA_ENV = "ROBUSTBENCH_LOCAL_DATA_DIR"
+
+
+def _plugin_args() -> list[str]:
+    """How an inner pytester run loads the plugin: by entry point if installed, else with -p."""
+    for ep in importlib.metadata.entry_points(group="pytest11"):
+        if ep.value == "robustbench_local.pytest_plugin":
+            return []
+    return ["-p", "robustbench_local.pytest_plugin"]
+
+
+@pytest.fixture(scope="session")
+def plugin_args() -> list[str]:
+    """Command-line arguments that make an inner pytester session load the plugin."""
+    return _plugin_args()
+
+
+# ------------------------------------------------------------------------------ digits models
+
+
+def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(epochs):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def digits_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """``digits_mlp`` checkpoints: ``good`` (trained) and ``dropped`` (its weights perturbed,
+    so that robust accuracy drops clearly)."""
+    from robustbench_local.data import load_dataset
+    from robustbench_local.models import create_model, save_checkpoint
+
+    train, _ = load_dataset("digits")
+    x, y = train.tensors
+    good = _train(create_model("digits_mlp"), x, y, epochs=150, seed=0)
+    dropped = create_model("digits_mlp")
+    dropped.load_state_dict(good.state_dict())
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in dropped.parameters():
+            p.add_(0.5 * p.std() * torch.randn(p.shape, generator=gen))
+    folder = tmp_path_factory.mktemp("digits_ckpt")
+    paths = {"good": folder / "good.pt", "dropped": folder / "dropped.pt"}
+    save_checkpoint(good, paths["good"])
+    save_checkpoint(dropped.eval(), paths["dropped"])
+    return paths
+
+
+# ------------------------------------------------------------------------------ repo MNIST gate
+
+
+def _mnist_mirror() -> Path | None:
+    env = os.environ.get(DATA_ENV)
+    for folder in [Path(env)] if env else [REPO.parent / "shared" / "datasets"]:
+        if (folder / "mnist" / "train-images-idx3-ubyte.gz").is_file():
+            return folder.resolve()
+    return None
+
+
+def train_mnist_gate_model(data_dir: Path, n_train: int = 12000, epochs: int = 2) -> nn.Module:
+    """FGSM-RS adversarial training (eps 0.1) of ``mnist_small_cnn`` on an MNIST subset.
+
+    References:
+        Wong, Rice & Kolter, "Fast is better than free: Revisiting adversarial training",
+        ICLR 2020.
+    """
+    import attacks
+    from robustbench_local.data import load_dataset
+    from robustbench_local.models import create_model
+
+    train, _ = load_dataset("mnist", data_dir=data_dir)
+    x, y = train.tensors[0][:n_train], train.tensors[1][:n_train]
+    torch.manual_seed(0)
+    model = create_model("mnist_small_cnn")
+    fgsm = attacks.create("fgsm", random_start=True, rel_step_size=1.25, eval_mode=False, seed=0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(epochs):
+        for idx in torch.randperm(n_train, generator=gen).split(100):
+            model.train()
+            x_adv = fgsm(model, x[idx], y[idx], eps=0.1).x_adv
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x_adv), y[idx]).backward()
+            opt.step()
+    return model.eval()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Before the repo's first MNIST gate runs, train its model and export the checkpoint."""
+    if item.path != GATE_FILE or os.environ.get(CKPT_ENV):
+        return
+    data_dir = _mnist_mirror()
+    if data_dir is None:
+        pytest.skip(f"MNIST mirror not found: set {DATA_ENV} to the shared datasets folder")
+    from robustbench_local.models import save_checkpoint
+
+    config = item.config
+    saved = {name: os.environ.get(name) for name in (CKPT_ENV, DATA_ENV)}
+    folder = tempfile.mkdtemp(prefix="robustness_gates_")
+    config.add_cleanup(lambda: _restore_env(saved, folder))
+    path = Path(folder) / "mnist_small_cnn_fgsm_at.pt"
+    save_checkpoint(train_mnist_gate_model(data_dir), path)
+    os.environ[DATA_ENV] = str(data_dir)
+    os.environ[CKPT_ENV] = str(path)
+
+
+def _restore_env(saved: dict[str, str | None], folder: str) -> None:
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    shutil.rmtree(folder, ignore_errors=True)

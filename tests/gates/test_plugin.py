@@ -1,0 +1,552 @@
+"""The pytest plugin end to end, with pytester: verdicts, baselines, YAML gates, options, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from robustbench_local.gates import GateSpec, run_gate
+
+pytest_plugins = ["pytester"]
+
+# A small, fast gate on scikit-learn digits: PGD-10 on 200 test samples of an MLP.
+GATE = {
+    "attack": "pgd",
+    "eps": [0.02, 0.05],
+    "n_examples": 200,
+    "dataset": "digits",
+    "attack_kwargs": {"steps": 10},
+}
+
+INNER_CONFTEST = """
+import pytest
+import torch
+
+from robustbench_local.models import load_checkpoint
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture
+def model():
+    return load_checkpoint({ckpt!r})
+"""
+
+
+def gate_test(name: str, **kwargs) -> str:
+    """Source of a test function checking the ``model`` fixture with a robustness marker."""
+    args = {**GATE, **kwargs}
+    marker = ", ".join(f"{k}={v!r}" for k, v in args.items())
+    return f"""
+@pytest.mark.robustness({marker})
+def {name}(robustness_gate, model):
+    robustness_gate.check(model)
+"""
+
+
+def write_tests(pytester: pytest.Pytester, *tests: str) -> None:
+    pytester.makepyfile(test_gates="import pytest\n" + "\n".join(tests))
+
+
+def use_model(pytester: pytest.Pytester, ckpt) -> None:
+    pytester.makeconftest(INNER_CONFTEST.format(ckpt=str(ckpt)))
+
+
+def run(pytester: pytest.Pytester, plugin_args: list[str], *args: str) -> pytest.RunResult:
+    return pytester.runpytest(*plugin_args, "-p", "no:cacheprovider", *args)
+
+
+def report(pytester: pytest.Pytester, name: str = "report.json") -> dict:
+    return json.loads((pytester.path / name).read_text())
+
+
+@pytest.fixture
+def good(pytester, digits_checkpoints):
+    use_model(pytester, digits_checkpoints["good"])
+    return digits_checkpoints["good"]
+
+
+@pytest.fixture(scope="module")
+def measured(digits_checkpoints):
+    """The reference gate evaluated directly (no pytest): accuracies and bounds per eps."""
+    from robustbench_local.models import load_checkpoint
+
+    spec = GateSpec.from_kwargs("reference", GATE)
+    result = run_gate(spec, load_checkpoint(digits_checkpoints["good"]))
+    assert all(0 < row.robust < row.n for row in result.rows), "pick eps with 0 < accuracy < 1"
+    return result
+
+
+# ------------------------------------------------------------------------------ verdicts
+
+
+def test_run_gate_is_deterministic(measured, digits_checkpoints):
+    from robustbench_local.models import load_checkpoint
+
+    again = run_gate(
+        GateSpec.from_kwargs("reference", GATE), load_checkpoint(digits_checkpoints["good"])
+    )
+    assert again.outcomes == measured.outcomes
+    assert again.sample_hash == measured.sample_hash
+    assert again.model_digest == measured.model_digest
+    assert len(measured.indices) == 200
+    assert measured.indices == sorted(set(measured.indices))
+
+
+def test_pass_fail_and_inconclusive(pytester, plugin_args, good, measured):
+    rows = measured.rows
+    write_tests(
+        pytester,
+        gate_test("test_pass", min_accuracy=[round(max(0.0, r.lower - 0.05), 3) for r in rows]),
+        gate_test(
+            "test_fail", min_accuracy=[rows[0].lower, round(min(1.0, rows[1].upper + 0.02), 3)]
+        ),
+        gate_test("test_unsure", min_accuracy=[r.accuracy for r in rows]),
+    )
+    result = run(pytester, plugin_args)
+    result.assert_outcomes(passed=1, failed=2)
+    out = result.stdout.str()
+    result.stdout.fnmatch_lines(
+        [
+            "*robustness gate 'test_fail': FAIL: robust accuracy is below the threshold*",
+            "*robustness gate 'test_unsure': INCONCLUSIVE: the confidence interval contains*",
+            "*= robustness gates =*",
+            "gate*attack*eps*n*accuracy*interval*threshold*verdict",
+            f"test_pass*pgd*0.02*200*{rows[0].accuracy:.3f}*PASS",
+            "test_fail*pgd*0.05*FAIL",
+            "test_unsure*pgd*0.05*INCONCLUSIVE",
+        ]
+    )
+    # Failures show the table, not a traceback.
+    assert "Traceback" not in out
+    assert "robustness_gate.check(model)" not in out
+
+    warned = run(pytester, plugin_args, "--robustness-inconclusive=warn")
+    warned.assert_outcomes(passed=2, failed=1, warnings=1)
+    warned.stdout.fnmatch_lines(["*RobustnessGateWarning*INCONCLUSIVE*"])
+
+
+def test_same_gate_gives_the_same_verdict_every_run(pytester, plugin_args, good, measured):
+    threshold = [measured.rows[0].accuracy, 0.0]  # inconclusive at eps 0.02: the fragile case
+    write_tests(
+        pytester,
+        gate_test("test_a", min_accuracy=threshold),
+        gate_test("test_b", min_accuracy=threshold),
+    )
+    reports = []
+    for i in range(2):
+        run(pytester, plugin_args, f"--robustness-report=r{i}.json").assert_outcomes(failed=2)
+        reports.append(report(pytester, f"r{i}.json"))
+    gates_seen = [g for rep in reports for g in rep["gates"]]
+    assert len(gates_seen) == 4
+    first = gates_seen[0]
+    for g in gates_seen[1:]:
+        assert g["verdict"] == first["verdict"] == "inconclusive"
+        assert g["robust"] == first["robust"]
+        assert g["rows"] == first["rows"]
+        assert g["sample_hash"] == first["sample_hash"]
+    assert first["robust"] == ["".join("1" if v else "0" for v in o) for o in measured.outcomes]
+
+
+MASKED_CONFTEST = """
+
+class Quantize(torch.nn.Module):
+    # Input quantisation: zero gradients almost everywhere (shattered gradients).
+    def forward(self, x):
+        return torch.round(x * 4) / 4
+
+
+@pytest.fixture
+def masked_model():
+    return torch.nn.Sequential(Quantize(), load_checkpoint({ckpt!r})).eval()
+"""
+
+
+def test_gate_refuses_to_pass_when_gradient_masking_is_flagged(pytester, plugin_args, good):
+    pytester.makeconftest((INNER_CONFTEST + MASKED_CONFTEST).format(ckpt=str(good)))
+    tests = [
+        gate_test(name, min_accuracy=0.0, **kw).replace("model)", "masked_model)")
+        for name, kw in (("test_masked", {}), ("test_masked_opt_in", {"allow_masking": True}))
+    ]
+    write_tests(pytester, *tests)
+    result = run(pytester, plugin_args)
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*robustness gate 'test_masked': REFUSED: health checks flagged the evaluation*",
+            "*REFUSED: gradient masking flagged*allow_masking=True*",
+            "*= robustness gates =*",
+            "test_masked *REFUSED*",
+            "test_masked_opt_in*PASS*",
+            "test_masked_opt_in: note: gradient masking flagged but accepted (allow_masking=True)*",
+        ]
+    )
+
+
+# ------------------------------------------------------------------------------ baselines
+
+
+def test_baseline_save_then_compare(pytester, plugin_args, good, digits_checkpoints):
+    write_tests(pytester, gate_test("test_gate", min_accuracy=None))
+    run(pytester, plugin_args, "--robustness-save-baseline=base.json").assert_outcomes(passed=1)
+    doc = json.loads((pytester.path / "base.json").read_text())
+    (entry,) = doc["gates"].values()
+    assert len(entry["robust"]) == 2
+    assert len(entry["robust"][0]) == 200
+    assert entry["attack_config"]["attack"]["steps"] == 10
+    assert {"torch", "python"} <= set(doc["versions"])
+
+    same = run(pytester, plugin_args, "--robustness-compare=base.json")
+    same.assert_outcomes(passed=1)
+    same.stdout.fnmatch_lines(
+        ["*baseline*change*p(drop)*", "test_gate*+0.000*1.0000*", "*same weights as the baseline*"]
+    )
+
+    use_model(pytester, digits_checkpoints["dropped"])
+    dropped = run(pytester, plugin_args, "--robustness-compare=base.json")
+    dropped.assert_outcomes(failed=1)
+    dropped.stdout.fnmatch_lines(["*robustness gate 'test_gate': FAIL*", "*FAIL (drop)*"])
+    assert dropped.ret == 1
+
+
+def test_baseline_from_another_attack_config_or_sample_list_is_refused(pytester, plugin_args, good):
+    write_tests(pytester, gate_test("test_gate", min_accuracy=0.0))
+    run(pytester, plugin_args, "--robustness-save-baseline").assert_outcomes(passed=1)
+    assert (pytester.path / "robustness_baseline.json").is_file()  # the default path
+
+    write_tests(pytester, gate_test("test_gate", min_accuracy=0.0, attack_kwargs={"steps": 5}))
+    other_attack = run(pytester, plugin_args, "--robustness-compare")
+    other_attack.assert_outcomes(failed=1)
+    other_attack.stdout.fnmatch_lines(
+        [
+            "*refusing the baseline for gate 'test_gate'*another attack config "
+            "(attack.steps: 10 (baseline) != 5 (now))*"
+        ]
+    )
+
+    write_tests(pytester, gate_test("test_gate", min_accuracy=0.0, n_examples=150))
+    other_samples = run(pytester, plugin_args, "--robustness-compare")
+    other_samples.assert_outcomes(failed=1)
+    other_samples.stdout.fnmatch_lines(["*refusing the baseline*another sample list*n=200*n=150*"])
+
+
+def test_compare_with_a_missing_baseline_is_a_usage_error(pytester, plugin_args, good):
+    write_tests(pytester, gate_test("test_gate", min_accuracy=0.0))
+    result = run(pytester, plugin_args, "--robustness-compare=nope.json")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--robustness-compare: baseline file*nope.json not found*"])
+
+
+def _flip_to_robust(bits: str, k: int) -> str:
+    """Make the baseline claim k more robust samples than now (a drop of k samples now)."""
+    chars = list(bits)
+    zeros = [i for i, c in enumerate(chars) if c == "0"]
+    assert len(zeros) >= k
+    for i in zeros[:k]:
+        chars[i] = "1"
+    return "".join(chars)
+
+
+def test_holm_correction_decides_borderline_drops_at_session_end(pytester, plugin_args, good):
+    one_eps = {"eps": [0.05], "min_accuracy": None}
+    write_tests(pytester, gate_test("test_a", **one_eps), gate_test("test_b", **one_eps))
+    run(pytester, plugin_args, "--robustness-save-baseline=b.json").assert_outcomes(passed=2)
+    path = pytester.path / "b.json"
+    doc = json.loads(path.read_text())
+    # Two comparisons: test_a loses 8 samples (p = 2^-8 < 0.05 / 2: fails at once), test_b
+    # loses 5 (p = 1/32, between 0.05 / 2 and 0.05: Holm decides at the end, 1/32 <= 0.05).
+    for gate_id, entry in doc["gates"].items():
+        entry["robust"] = [
+            _flip_to_robust(entry["robust"][0], 8 if gate_id.endswith("test_a") else 5)
+        ]
+    path.write_text(json.dumps(doc))
+
+    result = run(pytester, plugin_args, "--robustness-compare=b.json")
+    result.assert_outcomes(passed=1, failed=1)
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(
+        [
+            "*robustness gate 'test_a': FAIL*",
+            "*= robustness gates =*",
+            "test_a*FAIL (drop)*0.0078*",
+            "test_b*FAIL (drop)*0.0312*",
+            "FAILED robustness gate test_b at eps=0.05: significant drop*after Holm*",
+        ]
+    )
+
+
+# ------------------------------------------------------------------------------ YAML gate files
+
+
+def test_yaml_gates_are_collected_and_run(pytester, plugin_args, digits_checkpoints, monkeypatch):
+    (pytester.path / "models").mkdir()
+    shutil.copy(digits_checkpoints["good"], pytester.path / "models" / "good.pt")
+    monkeypatch.setenv("GOOD_CKPT", str(digits_checkpoints["good"]))
+    pytester.makefile(
+        ".yaml",
+        ci_robustness_gates="""
+defaults:
+  dataset: digits
+  n_examples: 200
+  attack: pgd
+  attack_kwargs: {steps: 10}
+gates:
+  - name: relative_checkpoint
+    model: models/good.pt
+    eps: [0.0, 0.02]
+    min_accuracy: [0.8, 0.1]
+  - name: hydra_target
+    model:
+      _target_: robustbench_local.models.create_model
+      name: digits_mlp
+      checkpoint: ${GOOD_CKPT}
+    eps: 0.0
+    min_accuracy: 0.999
+""",
+    )
+    pytester.makefile(".yaml", unrelated="gates: 3")  # not a gate file: ignored
+    collected = run(pytester, plugin_args, "--collect-only", "-q")
+    collected.stdout.fnmatch_lines(
+        ["ci_robustness_gates.yaml::relative_checkpoint", "ci_robustness_gates.yaml::hydra_target"]
+    )
+    result = run(pytester, plugin_args, "-m", "robustness", "--robustness-report=r.json")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*robustness gate 'hydra_target': FAIL*",
+            "*= robustness gates =*",
+            "relative_checkpoint*pgd*0*200*PASS",
+            "relative_checkpoint*pgd*0.02*200*PASS",
+            "hydra_target*pgd*0*200*>= 0.999*FAIL",
+        ]
+    )
+    gates_by_name = {g["name"]: g for g in report(pytester, "r.json")["gates"]}
+    # Both load the same weights: the same per-sample outcomes at eps 0.
+    assert (
+        gates_by_name["relative_checkpoint"]["robust"][0]
+        == gates_by_name["hydra_target"]["robust"][0]
+    )
+    assert (
+        gates_by_name["relative_checkpoint"]["model_digest"]
+        == gates_by_name["hydra_target"]["model_digest"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            "gates:\n  - name: g\n    model: m.pt\n    eps: 0.1\n    min_accuracy: 1.5\n",
+            r"*gate 'g'*min_accuracy must be in [[]0, 1]*",
+        ),
+        (
+            "gates:\n  - name: g\n    model: m.pt\n    eps: 0.1\n    stepz: 3\n",
+            "*unknown robustness gate argument 'stepz'*",
+        ),
+        ("gates:\n  - name: g\n    eps: 0.1\n", "*'model' must be a checkpoint path or a mapping*"),
+        ("gate: []\n", "*unknown top-level keys [[]'gate']*"),
+        ("gates: []\n", "*'gates' must be a non-empty list*"),
+        (
+            "gates:\n  - {name: g, model: m.pt, eps: 0.1}\n  - {name: g, model: m.pt, eps: 0.2}\n",
+            "*duplicate gate name 'g'*",
+        ),
+        ("gates: [\n", "*cannot read YAML*"),
+    ],
+)
+def test_bad_yaml_gate_files_are_collection_errors(pytester, plugin_args, content, message):
+    pytester.makefile(".yaml", robustness_gates=content)
+    result = run(pytester, plugin_args)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*ERROR collecting robustness_gates.yaml*", message])
+    assert "Traceback" not in result.stdout.str()
+
+
+def test_yaml_missing_checkpoint_is_a_setup_error(pytester, plugin_args, monkeypatch):
+    monkeypatch.delenv("NO_SUCH_CKPT_VAR", raising=False)
+    pytester.makefile(
+        ".yaml",
+        robustness_gates="""
+defaults: {dataset: digits, n_examples: 20}
+gates:
+  - {name: missing, model: nowhere/model.pt, eps: 0.1, min_accuracy: 0.5}
+  - {name: unset_env, model: "${NO_SUCH_CKPT_VAR}/model.pt", eps: 0.1, min_accuracy: 0.5}
+""",
+    )
+    result = run(pytester, plugin_args)
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*setup failed for robustness_gates.yaml::missing: model checkpoint not found:*"
+            "nowhere/model.pt*",
+            "*setup failed for robustness_gates.yaml::unset_env: *unset environment variable(s) "
+            "[[]'NO_SUCH_CKPT_VAR']*",
+        ]
+    )
+
+
+# ------------------------------------------------------------------------------ bad marker input
+
+
+def test_bad_marker_arguments_are_setup_errors(pytester, plugin_args, good):
+    write_tests(
+        pytester,
+        gate_test("test_unknown_arg", min_accuracy=0.5, stepz=10),
+        gate_test("test_threshold_above_one", min_accuracy=1.5),
+        gate_test("test_negative_threshold", min_accuracy=[-0.1, 0.5]),
+        gate_test("test_too_many_examples", min_accuracy=0.5, n_examples=100000),
+        gate_test("test_unknown_attack", min_accuracy=0.5, attack="pgdd"),
+        gate_test("test_bad_attack_kwarg", min_accuracy=0.5, attack_kwargs={"stepz": 3}),
+        """
+def test_no_marker(robustness_gate, model):
+    robustness_gate.check(model)
+
+@pytest.mark.robustness(0.3)
+def test_positional(robustness_gate, model):
+    robustness_gate.check(model)
+""",
+    )
+    result = run(pytester, plugin_args)
+    result.assert_outcomes(errors=8)
+    result.stdout.fnmatch_lines_random(
+        [
+            "*test_unknown_arg*unknown robustness gate argument 'stepz'*Known arguments: attack,*",
+            "*test_threshold_above_one*min_accuracy must be in [[]0, 1] (a fraction*got 1.5",
+            "*test_negative_threshold*min_accuracy must be in [[]0, 1]*got -0.1",
+            "*test_too_many_examples*n_examples=100000 is larger than the digits test split*",
+            "*test_unknown_attack*Unknown attack 'pgdd'*Did you mean 'pgd'?*",
+            "*test_bad_attack_kwarg*cannot build attack 'pgd'*stepz*",
+            "*test_no_marker uses the robustness_gate fixture without a @pytest.mark.robustness*",
+            "*keyword arguments only, got positional (0.3,)*",
+        ]
+    )
+    assert "Traceback" not in result.stdout.str()
+
+
+# ------------------------------------------------------------------------------ options
+
+
+def test_options_are_registered_under_one_group(pytester, plugin_args):
+    result = run(pytester, plugin_args, "--help")
+    result.stdout.fnmatch_lines(
+        [
+            "robustness gates (robustbench_local):",
+            "*--robustness-n-examples=N*",
+            "*--robustness-device=DEVICE*",
+            "*--robustness-data-dir=DIR*",
+            "*--robustness-save-baseline=[[]PATH]*",
+            "*--robustness-compare=[[]PATH]*",
+            "*--robustness-report=FILE*",
+            "*--robustness-confidence=P*",
+            "*--robustness-inconclusive={fail,warn,pass}*",
+            "*--robustness-mlflow=[[]EXPERIMENT]*",
+        ]
+    )
+    result.stdout.fnmatch_lines(["*robustness_gate_files*"])
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("--robustness-confidence=1.5", "*confidence must be in [[]0.5, 1)*"),
+        ("--robustness-confidence=high", "*expected a probability such as 0.95*"),
+        ("--robustness-n-examples=0", "*expected a positive integer*"),
+        ("--robustness-inconclusive=maybe", "*invalid choice: 'maybe'*"),
+    ],
+)
+def test_bad_option_values_are_usage_errors(pytester, plugin_args, option, message):
+    result = run(pytester, plugin_args, option)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+
+
+def test_command_line_overrides_and_report(pytester, plugin_args, good):
+    write_tests(pytester, gate_test("test_gate", min_accuracy=0.0, confidence=0.99))
+    result = run(
+        pytester, plugin_args, "--robustness-n-examples=50", "--robustness-confidence=0.9",
+        "--robustness-report=out/report.json", "--robustness-device=cpu",
+    )  # fmt: skip
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*robustness gates: report written to*report.json"])
+    (gate,) = report(pytester, "out/report.json")["gates"]
+    assert gate["spec"]["n_examples"] == 50
+    assert gate["spec"]["confidence"] == 0.9
+    assert [row["n"] for row in gate["rows"]] == [50, 50]
+    assert len(gate["indices"]) == 50
+
+
+MNIST_TEST = """
+import pytest
+import torch
+
+from robustbench_local.models import create_model
+
+
+@pytest.mark.robustness(attack="fgsm", eps=0.0, n_examples=50, dataset="mnist")
+def test_mnist(robustness_gate):
+    torch.manual_seed(0)
+    robustness_gate.check(create_model("mnist_small_cnn").eval())
+"""
+
+
+def test_data_dir_option_overrides_the_environment(pytester, plugin_args, mnist_dir, monkeypatch):
+    monkeypatch.delenv("ROBUSTBENCH_LOCAL_DATA_DIR", raising=False)
+    monkeypatch.setenv("ROBUSTBENCH_LOCAL_CACHE", str(pytester.path / "empty_cache"))
+    monkeypatch.setenv("ROBUSTBENCH_LOCAL_BASE_URL", "http://127.0.0.1:9")  # nothing listens
+    pytester.makepyfile(test_mnist=MNIST_TEST)
+    found = run(
+        pytester, plugin_args, f"--robustness-data-dir={mnist_dir}", "--robustness-report=r.json"
+    )
+    found.assert_outcomes(passed=1)
+    (gate,) = report(pytester, "r.json")["gates"]
+    assert (gate["spec"]["dataset"], gate["rows"][0]["n"]) == ("mnist", 50)
+    missing = run(pytester, plugin_args)
+    missing.assert_outcomes(errors=1)
+    missing.stdout.fnmatch_lines(
+        [
+            "*robustness gate setup failed for test_mnist.py::test_mnist:*",
+            "*point --robustness-data-dir at a dataset mirror*",
+        ]
+    )
+
+
+def test_plugin_stays_out_of_sessions_without_gates(pytester, plugin_args):
+    pytester.makepyfile("def test_plain():\n    assert True\n")
+    result = run(pytester, plugin_args, "--robustness-report=r.json")
+    result.assert_outcomes(passed=1)
+    assert "= robustness gates =" not in result.stdout.str()
+    assert not (pytester.path / "r.json").exists()
+
+
+def test_plugin_import_is_light():
+    code = (
+        "import sys, robustbench_local.pytest_plugin\n"
+        "print(sorted({'torch', 'scipy', 'mlflow'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# ------------------------------------------------------------------------------ MLflow
+
+
+@pytest.mark.slow
+def test_gate_results_logged_to_mlflow(pytester, plugin_args, good, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    write_tests(pytester, gate_test("test_gate", min_accuracy=0.0))
+    result = run(pytester, plugin_args, "--robustness-mlflow=gates-test")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*robustness gates: logged to MLflow run *"])
+    client = MlflowClient(uri)
+    (run_info,) = client.search_runs([client.get_experiment_by_name("gates-test").experiment_id])
+    history = client.get_metric_history(run_info.info.run_id, "test_gate/accuracy")
+    assert [m.step for m in history] == [0, 1]
+    assert run_info.data.tags["test_gate/verdict"] == "pass"
+    artifacts = [a.path for a in client.list_artifacts(run_info.info.run_id, "robustness_gates")]
+    assert sorted(artifacts) == ["robustness_gates/report.json", "robustness_gates/table.txt"]
