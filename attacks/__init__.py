@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from attacks.adaptive import BPDA, EOT, adaptive_model, needs_adaptive
+from attacks.apgd import APGD
 from attacks.art import ARTAttack
 from attacks.base import (
     ATTACKS,
@@ -23,6 +24,7 @@ from attacks.base import (
     parse_eps,
     register_attack,
 )
+from attacks.cw import CarliniWagnerL2
 from attacks.fgsm import FGSM
 from attacks.pgd import PGD
 from attacks.registry import Registry
@@ -41,6 +43,7 @@ def names(pattern: str = "*") -> list[str]:
 
 
 __all__ = [
+    "APGD",
     "ATTACKS",
     "BPDA",
     "EOT",
@@ -51,6 +54,7 @@ __all__ = [
     "AttackContext",
     "AttackResult",
     "AttackSuite",
+    "CarliniWagnerL2",
     "Norm",
     "Registry",
     "ThreatModel",

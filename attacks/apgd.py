@@ -1,0 +1,301 @@
+"""Auto-PGD (APGD): step-size-free PGD with momentum; cross-entropy and targeted DLR versions."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from attacks.base import Attack, AttackContext, register_attack
+from attacks.losses import cross_entropy, dlr_targeted
+from attacks.threat import Norm, normalize_gradient, project_and_clip, random_start
+
+logger = logging.getLogger(__name__)
+
+MOMENTUM = 0.75  # alpha in the paper
+# loss(logits, rows) -> [len(rows)] loss to maximise; ``rows`` index the samples of one run.
+RowLoss = Callable[[Tensor, Tensor], Tensor]
+
+
+def checkpoints(steps: int) -> list[int]:
+    """Iterations at which APGD may halve its step size.
+
+    ``w_j = ceil(p_j * steps)`` with ``p_0 = 0``, ``p_1 = 0.22`` and
+    ``p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)``; returns the distinct ``w_j`` in
+    ``(0, steps)``.
+    """
+    p_prev, p = 0.0, 0.22
+    out: list[int] = []
+    while p < 1.0:
+        w = math.ceil(p * steps - 1e-9)
+        if 0 < w < steps and (not out or w > out[-1]):
+            out.append(w)
+        p_prev, p = p, p + max(p - p_prev - 0.03, 0.06)
+    return out
+
+
+def _row(t: Tensor, ref: Tensor) -> Tensor:
+    return t.view(-1, *([1] * (ref.dim() - 1)))
+
+
+@register_attack("apgd_ce")
+class APGD(Attack):
+    r"""APGD-CE: PGD whose step size adapts itself, with momentum, on the cross-entropy loss.
+
+    Paper: Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of
+    diverse parameter-free attacks", ICML 2020. https://arxiv.org/abs/2003.01690
+
+    Each sample starts at a random point of the ball with step size ``2 eps`` and moves with
+    momentum 0.75. At checkpoints ``w_j`` (the paper's schedule, see :func:`checkpoints`) its
+    step size is halved and it restarts from its best point if fewer than ``rho`` of the
+    steps since the last checkpoint raised the loss, or if neither the step size nor the best
+    loss changed since then. Samples stop as soon as they are misclassified.
+
+    Threat model: linf or l2, fixed budget ``eps``.
+
+    Args:
+        norm: ``"linf"`` (default) or ``"l2"``.
+        steps: Forward+backward passes per run (default 100).
+        restarts: Random restarts; later ones attack only the samples still robust (default 1).
+        rho: Fraction of loss-raising steps below which the step size is halved (default 0.75).
+        **kwargs: ``bounds``, ``targeted``, ``seed``, ``eval_mode`` (see :class:`Attack`).
+
+    Shape:
+        - x: ``[N, ...]`` in bounds; y: ``[N]``; result x_adv: like x (``[K, N, ...]`` for K eps).
+
+    Example:
+        >>> apgd = attacks.create("apgd_ce", norm="linf", steps=100)
+        >>> res = apgd(model, x, y, eps=0.3)
+
+    References:
+        Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of
+        diverse parameter-free attacks", ICML 2020.
+
+    """
+
+    def __init__(
+        self,
+        norm: str | Norm = Norm.LINF,
+        *,
+        steps: int = 100,
+        restarts: int = 1,
+        rho: float = 0.75,
+        **kwargs,
+    ) -> None:
+        super().__init__(norm, **kwargs)
+        for key, val in (("steps", steps), ("restarts", restarts)):
+            if isinstance(val, bool) or not isinstance(val, int) or val < 1:
+                raise ValueError(f"{key} must be a positive integer, got {val!r}")
+        if isinstance(rho, bool) or not isinstance(rho, int | float) or not 0 < rho <= 1:
+            raise ValueError(f"rho must be a number in (0, 1], got {rho!r}")
+        self.steps = steps
+        self.restarts = restarts
+        self.rho = float(rho)
+
+    def run(self, ctx: AttackContext, x: Tensor, y: Tensor, eps: float | None) -> Tensor:
+        """Run ``restarts`` APGD runs on the cross-entropy (targeted: towards ``y``)."""
+        best = x.clone()
+        best_loss = torch.full((x.shape[0],), -math.inf, dtype=x.dtype, device=x.device)
+        done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        for _ in range(self.restarts):
+            idx = (~done).nonzero().squeeze(1)
+            if idx.numel() == 0:
+                break
+            y_i = y[idx]
+
+            def loss(logits: Tensor, rows: Tensor, y_i: Tensor = y_i) -> Tensor:
+                return cross_entropy(logits, y_i[rows], ctx.targeted)
+
+            self._update(ctx, x, y, float(eps or 0.0), idx, loss, best, best_loss, done)
+        return best
+
+    def _update(
+        self,
+        ctx: AttackContext,
+        x: Tensor,
+        y: Tensor,
+        eps: float,
+        idx: Tensor,
+        loss: RowLoss,
+        best: Tensor,
+        best_loss: Tensor,
+        done: Tensor,
+    ) -> None:
+        """One run on ``x[idx]``; keep successes, else the point of highest loss (in place)."""
+        x_adv, run_loss, hit = self._single_run(ctx, x[idx], y[idx], eps, loss)
+        better = hit | (run_loss > best_loss[idx])
+        best[idx] = torch.where(_row(better, x_adv), x_adv, best[idx])
+        best_loss[idx] = torch.where(better, run_loss, best_loss[idx])
+        done[idx] = hit
+
+    def _single_run(
+        self, ctx: AttackContext, x: Tensor, y: Tensor, eps: float, loss: RowLoss
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One APGD run: final candidates, their losses (``-inf`` if fooled) and success."""
+        n = x.shape[0]
+        out, out_loss = x.clone(), torch.full((n,), -math.inf, dtype=x.dtype, device=x.device)
+        hit = torch.zeros(n, dtype=torch.bool, device=x.device)
+        rows = torch.arange(n, device=x.device)
+        start = x + random_start(x, self.norm, eps, ctx.generator)
+        x_cur = project_and_clip(x, start, self.norm, eps, ctx.bounds)
+        s = _State(x, x_cur, torch.full((n,), 2 * eps, dtype=x.dtype, device=x.device))
+        marks = set(checkpoints(self.steps))
+        last_mark = 0
+        for i in range(self.steps):
+            f, grad, logits = ctx.loss_and_grad(s.x_cur, lambda z, r=rows: loss(z, r))
+            s.observe(i, f, grad)
+            fooled = ctx.success(logits, y[rows])
+            if bool(fooled.any()):
+                out[rows[fooled]], hit[rows[fooled]] = s.x_cur[fooled], True
+                keep = ~fooled
+                rows = rows[keep]
+                s.select(keep)
+                if rows.numel() == 0:
+                    break
+            if i in marks:
+                s.checkpoint(self.rho * (i - last_mark))
+                last_mark = i
+            if i < self.steps - 1:
+                s.step(i, eps, self.norm, ctx.bounds)
+        out[rows], out_loss[rows] = s.x_max, s.f_max
+        return out, out_loss, hit
+
+
+class _State:
+    """Per-sample APGD state of the samples still being attacked (rows of one run)."""
+
+    def __init__(self, x: Tensor, x_cur: Tensor, eta: Tensor) -> None:
+        self.x, self.x_cur, self.x_prev, self.eta = x, x_cur, x_cur, eta
+        self.reduced = torch.zeros_like(eta, dtype=torch.bool)
+        self.count = torch.zeros_like(eta)
+
+    def observe(self, i: int, f: Tensor, grad: Tensor) -> None:
+        """Record the loss and gradient at ``x_cur``; track the best point."""
+        self.grad = grad
+        if i == 0:
+            self.f_max, self.x_max, self.g_max = f, self.x_cur, grad
+            self.f_last, self.f_mark = f, f
+            return
+        self.count += (f > self.f_last).to(self.count.dtype)
+        self.f_last = f
+        better = f > self.f_max
+        self.f_max = torch.where(better, f, self.f_max)
+        self.x_max = torch.where(_row(better, self.x), self.x_cur, self.x_max)
+        self.g_max = torch.where(_row(better, self.x), grad, self.g_max)
+
+    def select(self, keep: Tensor) -> None:
+        """Drop the samples that are done."""
+        for name, value in vars(self).items():
+            setattr(self, name, value[keep])
+
+    def checkpoint(self, min_increases: float) -> None:
+        """Halve the step and restart from the best point where progress stalled."""
+        stalled = self.count < min_increases
+        stuck = ~self.reduced & (self.f_max <= self.f_mark)
+        reduce = stalled | stuck
+        m = _row(reduce, self.x)
+        self.eta = torch.where(reduce, self.eta / 2, self.eta)
+        self.x_cur = torch.where(m, self.x_max, self.x_cur)
+        self.x_prev = torch.where(m, self.x_max, self.x_prev)
+        self.grad = torch.where(m, self.g_max, self.grad)
+        self.f_last = torch.where(reduce, self.f_max, self.f_last)
+        self.reduced, self.f_mark = reduce, self.f_max
+        self.count = torch.zeros_like(self.count)
+
+    def step(self, i: int, eps: float, norm: Norm, bounds: tuple[float, float]) -> None:
+        """Gradient step to ``z``, then the momentum step (a plain step the first time)."""
+        direction = normalize_gradient(self.grad, norm)
+        z = project_and_clip(
+            self.x, self.x_cur + _row(self.eta, self.x) * direction, norm, eps, bounds
+        )
+        if i > 0:
+            moved = (
+                self.x_cur
+                + MOMENTUM * (z - self.x_cur)
+                + (1 - MOMENTUM) * (self.x_cur - self.x_prev)
+            )
+            z = project_and_clip(self.x, moved, norm, eps, bounds)
+        self.x_prev, self.x_cur = self.x_cur, z
+
+
+def _dlr_to_target(logits: Tensor, target: Tensor) -> Tensor:
+    """Targeted DLR with the true class unknown: the best non-target logit takes its place."""
+    if logits.shape[1] < 4:
+        raise ValueError("targeted DLR needs at least 4 classes; use apgd_ce or pgd")
+    top = logits.sort(dim=1, descending=True).values
+    z_t = logits.gather(1, target.unsqueeze(1)).squeeze(1)
+    z_other = logits.scatter(1, target.unsqueeze(1), -math.inf).amax(dim=1)
+    return (z_t - z_other) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12)
+
+
+@register_attack("apgd_dlr")
+class APGDT(APGD):
+    r"""APGD-T: APGD on the targeted DLR loss, towards each of the top-scoring other classes.
+
+    Paper: Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of
+    diverse parameter-free attacks", ICML 2020. https://arxiv.org/abs/2003.01690
+
+    Untargeted use (the default, as in the paper): for ``k = 1..n_target_classes``, APGD
+    maximises ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)`` with ``t`` the class of k-th
+    highest clean logit after ``y``, on the samples still correctly classified; a sample keeps
+    its first success. With ``targeted=True`` the given target is the only ``t`` and the best
+    other logit replaces ``z_y``. The DLR loss needs at least 4 classes.
+
+    Args:
+        norm: ``"linf"`` (default) or ``"l2"``.
+        steps: Forward+backward passes per run (default 100).
+        restarts: Random restarts per target class (default 1).
+        rho: Step-size halving threshold (default 0.75).
+        n_target_classes: Target classes tried (default 9; at most ``C - 1`` are used).
+        **kwargs: ``bounds``, ``targeted``, ``seed``, ``eval_mode`` (see :class:`Attack`).
+
+    Example:
+        >>> apgd_t = attacks.create("apgd_dlr", steps=100, n_target_classes=9)
+        >>> res = apgd_t(model, x, y, eps=0.3)
+
+    References:
+        Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of
+        diverse parameter-free attacks", ICML 2020.
+
+    """
+
+    def __init__(
+        self, norm: str | Norm = Norm.LINF, *, n_target_classes: int = 9, **kwargs
+    ) -> None:
+        super().__init__(norm, **kwargs)
+        val = n_target_classes
+        if isinstance(val, bool) or not isinstance(val, int) or val < 1:
+            raise ValueError(f"n_target_classes must be a positive integer, got {val!r}")
+        self.n_target_classes = n_target_classes
+
+    def run(self, ctx: AttackContext, x: Tensor, y: Tensor, eps: float | None) -> Tensor:
+        """Loop over target classes and restarts, attacking only the samples still robust."""
+        best = x.clone()
+        best_loss = torch.full((x.shape[0],), -math.inf, dtype=x.dtype, device=x.device)
+        done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        if ctx.targeted:
+            targets = y.unsqueeze(1)
+        else:
+            clean = ctx.logits(x).scatter(1, y.unsqueeze(1), -math.inf)
+            k = min(self.n_target_classes, clean.shape[1] - 1)
+            if k < self.n_target_classes:
+                logger.info("apgd_dlr: only %d other classes; using %d targets", k, k)
+            targets = clean.topk(k, dim=1).indices
+        for j in range(targets.shape[1]):
+            for _ in range(self.restarts):
+                idx = (~done).nonzero().squeeze(1)
+                if idx.numel() == 0:
+                    return best
+                loss = self._dlr_loss(ctx.targeted, y[idx], targets[idx, j])
+                self._update(ctx, x, y, float(eps or 0.0), idx, loss, best, best_loss, done)
+        return best
+
+    @staticmethod
+    def _dlr_loss(targeted: bool, y: Tensor, target: Tensor) -> RowLoss:
+        """The DLR loss towards ``target`` for the rows of one run."""
+        if targeted:  # ``y`` holds the targets; the true class is unknown
+            return lambda logits, rows: _dlr_to_target(logits, target[rows])
+        return lambda logits, rows: dlr_targeted(logits, y[rows], target[rows])
