@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import statistics
 import sys
 import time
@@ -42,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import attacks
 import robustbench_local as rbl
+from benchmarks._common import default_data_dir
 
 log = logging.getLogger("benchmarks.attacks")
 EPS, STEPS, STEP_SIZE = 0.3, 40, 0.01
@@ -64,15 +64,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if min(args.n, args.cw_n, args.repeats, args.threads, args.epochs) < 1:
         p.error("--n, --cw-n, --repeats, --threads and --epochs must be positive")
     return args
-
-
-def default_data_dir() -> str | None:
-    """$ROBUSTBENCH_LOCAL_DATA_DIR, else ../shared/datasets next to the repo if it exists."""
-    env = os.environ.get("ROBUSTBENCH_LOCAL_DATA_DIR")
-    if env:
-        return env
-    shared = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-    return str(shared) if (shared / "mnist").is_dir() else None
 
 
 def train_model(train: torch.utils.data.TensorDataset, epochs: int) -> nn.Module:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import attacks
 import defenses
 import robustbench_local as rbl
+from benchmarks._common import default_data_dir
 
 PAPER = {"clean": 0.985, "pgd": 0.8877}
 
@@ -48,14 +48,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--progress", action="store_true", help="show training progress bars")
     return p.parse_args(argv)
-
-
-def default_data_dir() -> str | None:
-    env = os.environ.get("ROBUSTBENCH_LOCAL_DATA_DIR")
-    if env:
-        return env
-    shared = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-    return str(shared) if (shared / "mnist").is_dir() else None
 
 
 def evaluate(model, x, y, args) -> dict[str, float]:

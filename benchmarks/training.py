@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
-import os
 import statistics
 import sys
 import time
@@ -34,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import defenses
 import robustbench_local as rbl
+from benchmarks._common import default_data_dir
 
 EPS, STEPS, STEP_SIZE, LR = 0.3, 40, 0.01, 1e-3
 
@@ -53,15 +53,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.n < 1 or args.epochs < 1 or args.batch_size < 1 or args.threads < 1:
         p.error("--n, --epochs, --batch-size and --threads must be positive")
     return args
-
-
-def default_data_dir() -> str | None:
-    """$ROBUSTBENCH_LOCAL_DATA_DIR, else ../shared/datasets next to the repo if it exists."""
-    env = os.environ.get("ROBUSTBENCH_LOCAL_DATA_DIR")
-    if env:
-        return env
-    shared = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-    return str(shared) if (shared / "mnist").is_dir() else None
 
 
 def load_data(n: int, data_dir: str | None) -> TensorDataset:
