@@ -112,9 +112,11 @@ class PGD(Attack):
         n = x.shape[0]
         loss = torch.full((n,), float("-inf"), device=x.device, dtype=x.dtype)
         hit = torch.zeros(n, dtype=torch.bool, device=x.device)
+        # Compact state of the samples still attacked: iterate, label, origin, linf box.
         active = torch.arange(n, device=x.device)
+        xa, ya, xo = x_adv.clone(), y, x
+        box = self._linf_box(x, eps, ctx.bounds)
         for _ in range(self.steps):
-            xa, ya = x_adv[active], y[active]
             step_loss, grad, logits = ctx.loss_and_grad(
                 xa, lambda z, ya=ya: loss_fn(z, ya, ctx.targeted)
             )
@@ -122,11 +124,38 @@ class PGD(Attack):
             if self.early_stop:
                 fooled = ctx.success(logits, ya)
                 if bool(fooled.any()):
+                    x_adv[active[fooled]] = xa[fooled]
                     hit[active[fooled]] = True
                     keep = ~fooled
-                    active, xa, grad = active[keep], xa[keep], grad[keep]
+                    active, xa, ya, xo, grad = (t[keep] for t in (active, xa, ya, xo, grad))
+                    box = None if box is None else (box[0][keep], box[1][keep])
                     if active.numel() == 0:
                         break
-            xa = xa + alpha * normalize_gradient(grad, self.norm)
-            x_adv[active] = project_and_clip(x[active], xa, self.norm, eps, ctx.bounds)
+            xa = self._step(xa, grad, alpha, xo, box, eps, ctx.bounds)
+        x_adv[active] = xa
         return x_adv, loss, hit
+
+    def _linf_box(
+        self, x: Tensor, eps: float, bounds: tuple[float, float]
+    ) -> tuple[Tensor, Tensor] | None:
+        """For linf, the ball and the input box intersect in a box: its corners (else None)."""
+        if self.norm is not Norm.LINF:
+            return None
+        return (x - eps).clamp(min=bounds[0]), (x + eps).clamp(max=bounds[1])
+
+    def _step(
+        self,
+        xa: Tensor,
+        grad: Tensor,
+        alpha: float,
+        xo: Tensor,
+        box: tuple[Tensor, Tensor] | None,
+        eps: float,
+        bounds: tuple[float, float],
+    ) -> Tensor:
+        """One ascent step mapped back into the feasible set (linf: 3 in-place ops)."""
+        if box is not None:
+            return xa.add_(grad.sign_(), alpha=alpha).clamp_(min=box[0], max=box[1])
+        return project_and_clip(
+            xo, xa + alpha * normalize_gradient(grad, self.norm), self.norm, eps, bounds
+        )
