@@ -1,7 +1,8 @@
 """Everything MLflow: where runs go, what each run records, and how curves become metrics.
 
 Metric layout of a run (``<norm>`` is ``linf`` or ``l2``, ``<label>`` an attack label such as
-``pgd`` or ``pgd+adaptive``):
+``pgd`` or ``pgd_adaptive``; characters MLflow does not allow in names, such as the ``+`` of
+``pgd+adaptive``, become ``_``):
 
 - ``clean_acc``: clean accuracy on the evaluated samples.
 - ``robust_acc/<norm>/<label>`` and ``robust_acc/<norm>/worst_case``: one value per eps, with
@@ -24,6 +25,7 @@ import io
 import logging
 import os
 import platform
+import re
 import subprocess
 import tempfile
 import time
@@ -117,6 +119,11 @@ def flat_params(cfg: DictConfig) -> dict[str, str]:
     return out
 
 
+def metric_key(*parts: str) -> str:
+    """A valid MLflow metric name from label parts (``pgd+adaptive`` -> ``pgd_adaptive``)."""
+    return "/".join(re.sub(r"[^\w\-. ]", "_", p) for p in parts)
+
+
 def metric_batch(values: Mapping[str, float | list[float]], step: int = 0) -> list[Metric]:
     """MLflow metrics: a scalar at ``step``, or a list whose index is the step."""
     now = int(time.time() * 1000)
@@ -174,9 +181,9 @@ class RunLogger:
             values["clean_acc"] = curve.clean_accuracy
             values[f"eps/{norm}"] = curve.eps.tolist()
             for label in curve.attacks:
-                values[f"robust_acc/{norm}/{label}"] = curve.accuracy(label).tolist()
+                values[metric_key("robust_acc", norm, label)] = curve.accuracy(label).tolist()
                 for key, v in curve.cost.get(label, {}).items():
-                    values[f"cost/{norm}/{label}/{key}"] = float(v)
+                    values[metric_key("cost", norm, label, key)] = float(v)
             values[f"robust_acc/{norm}/worst_case"] = curve.worst_case().tolist()
             self._curve_artifacts(norm, curve)
         if headline is not None:
@@ -292,6 +299,7 @@ __all__ = [
     "flat_params",
     "git_commit",
     "metric_batch",
+    "metric_key",
     "mlflow_run",
     "per_example_csv",
     "run_tags",

@@ -41,17 +41,16 @@ def test_default_experiment_logs_curves_to_mlflow(make_cfg, sqlite_uri, tmp_path
     assert {"curves/linf.png", "curves/linf.json", "curves/linf_per_example.csv"} <= curve_files
 
 
-def test_input_defense_reports_naive_and_adaptive_curves(make_cfg, tmp_path):
-    cfg = make_cfg(
-        tiny(
-            ["defense=bit_depth", "attack=pgd", "tracking=none", f"+output_dir={tmp_path}"], ["pgd"]
-        )
-    )
+def test_input_defense_reports_naive_and_adaptive_curves(make_cfg, sqlite_uri, tmp_path):
+    cfg = make_cfg(tiny(["defense=bit_depth", "attack=pgd", f"+output_dir={tmp_path}"], ["pgd"]))
     res = run(cfg)
     labels = res.curves["linf"].attacks
     assert labels == ["pgd", "pgd+adaptive"]
     adaptive = res.curves["linf"].accuracy("pgd+adaptive")
     assert (adaptive <= res.curves["linf"].accuracy("pgd") + 1e-9).all()
+    client = MlflowClient(sqlite_uri)
+    logged = run_curves(client, client.get_run(res.run_id))
+    assert logged.accuracy["linf"]["pgd_adaptive"] == pytest.approx(adaptive.tolist())
 
 
 def test_a_run_that_raises_ends_failed_with_the_error(make_cfg, sqlite_uri, tmp_path):
