@@ -5,6 +5,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 SHARED_DATA := $(abspath ../shared/datasets)
+# The offline dataset mirror for the tests: $ROBUSTBENCH_LOCAL_DATA_DIR, else ../shared/datasets.
+DATA_ENV = ROBUSTBENCH_LOCAL_DATA_DIR=$${ROBUSTBENCH_LOCAL_DATA_DIR:-$(if $(wildcard $(SHARED_DATA)),$(SHARED_DATA),)}
 
 .PHONY: install test test-fast run lint bench clean
 
@@ -18,11 +20,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 test: install
-	ROBUSTBENCH_LOCAL_DATA_DIR=$${ROBUSTBENCH_LOCAL_DATA_DIR:-$(if $(wildcard $(SHARED_DATA)),$(SHARED_DATA),)} \
-		$(PY) -m pytest -q
+	$(DATA_ENV) $(PY) -m pytest -q
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow"
+	$(DATA_ENV) $(PY) -m pytest -q -m "not slow"
 
 run: install
 	$(PY) -m experiments.run

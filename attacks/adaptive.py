@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from attacks.validation import check_positive_int
+
 
 def needs_adaptive(model: nn.Module) -> bool:
     """True when ``model`` declares a non-differentiable or random forward pass."""
@@ -86,10 +88,8 @@ class EOT(nn.Module):
 
     def __init__(self, model: nn.Module, samples: int = 8) -> None:
         super().__init__()
-        if not isinstance(samples, int) or samples < 1:
-            raise ValueError(f"EOT samples must be a positive integer, got {samples!r}")
         self.model = model
-        self.samples = samples
+        self.samples = check_positive_int("EOT samples", samples)
         self.random = False
         self.differentiable = True
 

@@ -12,6 +12,7 @@ from torch import Tensor
 from attacks.base import Attack, AttackContext, register_attack
 from attacks.losses import cross_entropy, dlr_targeted
 from attacks.threat import Norm, normalize_gradient, project_and_clip, random_start
+from attacks.validation import check_number, check_positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -86,14 +87,9 @@ class APGD(Attack):
         **kwargs,
     ) -> None:
         super().__init__(norm, **kwargs)
-        for key, val in (("steps", steps), ("restarts", restarts)):
-            if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-                raise ValueError(f"{key} must be a positive integer, got {val!r}")
-        if isinstance(rho, bool) or not isinstance(rho, int | float) or not 0 < rho <= 1:
-            raise ValueError(f"rho must be a number in (0, 1], got {rho!r}")
-        self.steps = steps
-        self.restarts = restarts
-        self.rho = float(rho)
+        self.steps = check_positive_int("steps", steps)
+        self.restarts = check_positive_int("restarts", restarts)
+        self.rho = check_number("rho", rho, low=0.0, high=1.0, low_open=True)
 
     def run(self, ctx: AttackContext, x: Tensor, y: Tensor, eps: float | None) -> Tensor:
         """Run ``restarts`` APGD runs on the cross-entropy (targeted: towards ``y``)."""
@@ -266,10 +262,7 @@ class APGDT(APGD):
         self, norm: str | Norm = Norm.LINF, *, n_target_classes: int = 9, **kwargs
     ) -> None:
         super().__init__(norm, **kwargs)
-        val = n_target_classes
-        if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-            raise ValueError(f"n_target_classes must be a positive integer, got {val!r}")
-        self.n_target_classes = n_target_classes
+        self.n_target_classes = check_positive_int("n_target_classes", n_target_classes)
 
     def run(self, ctx: AttackContext, x: Tensor, y: Tensor, eps: float | None) -> Tensor:
         """Loop over target classes and restarts, attacking only the samples still robust."""

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from attacks.losses import misclassified
 from attacks.registry import Registry
 from attacks.threat import Norm, norm_of, project_and_clip
+from attacks.validation import looks_like_probabilities
 
 EpsLike = float | Sequence[float] | Tensor | None
 BOUNDS_TOL = 1e-6
@@ -235,8 +236,7 @@ def check_logits(logits: Tensor, n: int, labels: Sequence[Tensor]) -> None:
         raise ValueError(f"the model must return at least 2 class logits, got {c}")
     if not torch.isfinite(logits).all():
         raise ValueError("the model returned NaN or infinite logits for the clean inputs")
-    rows = logits.sum(dim=1)
-    if bool((logits >= 0).all()) and torch.allclose(rows, torch.ones_like(rows), atol=1e-3):
+    if looks_like_probabilities(logits):
         raise ValueError(
             "the model's outputs are non-negative and sum to 1 per row: they look like "
             "probabilities. Return logits (remove the final softmax)."

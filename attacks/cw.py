@@ -10,6 +10,7 @@ from torch import Tensor
 from attacks.base import Attack, AttackContext, register_attack
 from attacks.losses import cw_margin
 from attacks.threat import Norm
+from attacks.validation import check_number, check_positive_int
 
 _SMOOTH = 0.999999  # keeps atanh finite for pixels on the bounds (as in the authors' code)
 _BETAS = (0.9, 0.999)
@@ -85,19 +86,11 @@ class CarliniWagnerL2(Attack):
         super().__init__(norm, **kwargs)
         if self.norm is not Norm.L2:
             raise ValueError(f"cw_l2 is an l2 attack, got norm={norm!r}; use pgd or apgd for linf")
-        for key, val in (("steps", steps), ("binary_search_steps", binary_search_steps)):
-            if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-                raise ValueError(f"{key} must be a positive integer, got {val!r}")
-        for key, val in (("initial_const", initial_const), ("learning_rate", learning_rate)):
-            if not _finite(val) or not val > 0:
-                raise ValueError(f"{key} must be a finite number > 0, got {val!r}")
-        if not _finite(confidence) or confidence < 0:
-            raise ValueError(f"confidence must be a finite number >= 0, got {confidence!r}")
-        self.steps = steps
-        self.binary_search_steps = binary_search_steps
-        self.initial_const = float(initial_const)
-        self.learning_rate = float(learning_rate)
-        self.confidence = float(confidence)
+        self.steps = check_positive_int("steps", steps)
+        self.binary_search_steps = check_positive_int("binary_search_steps", binary_search_steps)
+        self.initial_const = check_number("initial_const", initial_const, low_open=True)
+        self.learning_rate = check_number("learning_rate", learning_rate, low_open=True)
+        self.confidence = check_number("confidence", confidence)
         self.abort_early = bool(abort_early)
         self.warm_start = bool(warm_start)
 
@@ -200,7 +193,3 @@ class CarliniWagnerL2(Attack):
     def _from_tanh(tanh_w: Tensor, bounds: tuple[float, float]) -> Tensor:
         lo, hi = bounds
         return (lo + (hi - lo) * (tanh_w / _SMOOTH + 1) / 2).clamp(lo, hi)
-
-
-def _finite(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

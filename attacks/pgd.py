@@ -8,6 +8,7 @@ from torch import Tensor
 from attacks.base import Attack, AttackContext, register_attack
 from attacks.losses import get_loss
 from attacks.threat import Norm, normalize_gradient, project_and_clip, random_start
+from attacks.validation import check_number, check_positive_int
 
 
 @register_attack("pgd")
@@ -58,19 +59,15 @@ class PGD(Attack):
         **kwargs,
     ) -> None:
         super().__init__(norm, **kwargs)
-        if not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be a positive integer, got {steps!r}")
-        if not isinstance(restarts, int) or restarts < 1:
-            raise ValueError(f"restarts must be a positive integer, got {restarts!r}")
         for key, val in (("step_size", step_size), ("rel_step_size", rel_step_size)):
-            if val is not None and not val > 0:
-                raise ValueError(f"{key} must be > 0, got {val!r}")
+            if val is not None:
+                check_number(key, val, low_open=True)
         get_loss(loss)
-        self.steps = steps
+        self.steps = check_positive_int("steps", steps)
         self.step_size = step_size
         self.rel_step_size = rel_step_size
         self.random_start = bool(random_start)
-        self.restarts = restarts
+        self.restarts = check_positive_int("restarts", restarts)
         self.loss = loss
         self.early_stop = bool(early_stop)
 

@@ -38,15 +38,9 @@ from torch.utils.data import Dataset, Subset
 import attacks
 from attacks.base import AttackContext, check_inputs, model_guard
 from attacks.threat import Norm, normalize_gradient, project_and_clip, random_start
+from attacks.validation import check_number, check_positive_int
 from defenses.regularization import RegularizedDefense, RobustMonitor
-from defenses.training import (
-    DEFENSES,
-    Plugin,
-    TrainState,
-    check_number,
-    check_positive_int,
-    state_to_cpu,
-)
+from defenses.training import DEFENSES, Plugin, TrainState, state_to_cpu
 
 logger = logging.getLogger(__name__)
 

@@ -35,19 +35,10 @@ from torch.utils.data import Dataset
 
 import attacks
 from attacks.base import model_guard
+from attacks.validation import check_number, check_positive_int
 from defenses.adversarial import perturb
-from defenses.training import (
-    DEFENSES,
-    Callback,
-    Plugin,
-    Trainer,
-    TrainState,
-    check_dataset,
-    check_number,
-    check_positive_int,
-    make_loader,
-    model_device,
-)
+from defenses.data import check_dataset, make_loader, model_device
+from defenses.training import DEFENSES, Callback, Plugin, Trainer, TrainState
 
 logger = logging.getLogger(__name__)
 

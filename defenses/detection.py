@@ -27,8 +27,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from attacks.validation import check_number, check_positive_int
+from defenses.data import model_device, tensors_of
 from defenses.denoising import PREPROCESSORS, BitDepth, MedianFilter
-from defenses.training import check_number, check_positive_int, model_device, tensors_of
 
 logger = logging.getLogger(__name__)
 

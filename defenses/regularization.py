@@ -25,19 +25,10 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 import attacks
-from defenses.training import (
-    DEFENSES,
-    Callback,
-    Plugin,
-    TrainingDefense,
-    TrainState,
-    atomic_save,
-    check_dataset,
-    check_number,
-    check_positive_int,
-    state_to_cpu,
-    tensors_of,
-)
+from attacks.validation import check_number, check_positive_int
+from defenses.data import check_dataset, tensors_of
+from defenses.storage import atomic_torch_save
+from defenses.training import DEFENSES, Callback, Plugin, TrainingDefense, TrainState, state_to_cpu
 
 logger = logging.getLogger(__name__)
 
@@ -251,7 +242,7 @@ class RobustEarlyStopping(RobustMonitor):
             self.best_state = state_to_cpu(state.model)
             if state.checkpoint_dir is not None:
                 payload = {"model": self.best_state, "epoch": epoch, self.metric: acc}
-                atomic_save(payload, state.checkpoint_dir / BEST_CHECKPOINT)
+                atomic_torch_save(payload, state.checkpoint_dir / BEST_CHECKPOINT)
         else:
             self.bad_evals += 1
         metrics["best_" + self.metric] = self.best

@@ -17,9 +17,7 @@ from __future__ import annotations
 import bisect
 import logging
 import math
-import numbers
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -30,16 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import (
-    BatchSampler,
-    DataLoader,
     Dataset,
-    RandomSampler,
-    SequentialSampler,
-    TensorDataset,
 )
 from tqdm.auto import tqdm
 
 from attacks.registry import Registry
+from attacks.validation import check_number, check_positive_int
+from defenses.data import check_dataset, make_loader, model_device
+from defenses.storage import atomic_torch_save, load_trusted
 
 logger = logging.getLogger(__name__)
 
@@ -51,49 +47,6 @@ BatchFn = Callable[[nn.Module, Tensor, Tensor], "Tensor | tuple[Tensor, Tensor]"
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "piecewise", "cyclic", "onecycle")
 LAST_CHECKPOINT = "last.pt"
-
-
-# --------------------------------------------------------------------------- validation helpers
-
-
-def check_positive_int(name: str, value: Any) -> int:
-    """Return ``value`` if it is a positive int, else raise a ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def check_number(
-    name: str,
-    value: Any,
-    *,
-    low: float = 0.0,
-    high: float = math.inf,
-    low_open: bool = False,
-    high_open: bool = False,
-) -> float:
-    """Return ``value`` as a float if it is a finite number in the given range.
-
-    Raises:
-        TypeError: ``value`` is not a number.
-        ValueError: ``value`` is NaN, infinite or outside ``[low, high]`` (open where asked).
-
-    """
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
-    v = float(value)
-    too_low = v <= low if low_open else v < low
-    too_high = v >= high if high_open else v > high
-    if math.isnan(v) or too_low or too_high or (math.isinf(v) and not math.isinf(high)):
-        if math.isinf(high):
-            want = f"> {low:g}" if low_open else f">= {low:g}"
-        else:
-            lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
-            want = f"in {lo}{low:g}, {high:g}{hi}"
-        raise ValueError(f"{name} must be {want}, got {value!r}")
-    if math.isinf(v):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return v
 
 
 # --------------------------------------------------------------------------- LR schedules
@@ -209,25 +162,6 @@ class Plugin:
 # --------------------------------------------------------------------------- checkpoints
 
 
-def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def load_trusted(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True`` (no arbitrary code from pickles)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def state_to_cpu(model: nn.Module) -> dict[str, Tensor]:
     """A detached CPU copy of ``model.state_dict()``."""
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
@@ -244,61 +178,6 @@ def _set_rng_state(state: dict[str, Tensor], device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
-
-
-# --------------------------------------------------------------------------- data
-
-
-def check_dataset(name: str, data: Any) -> Dataset:
-    """Check ``data`` is a non-empty Dataset whose items are ``(x, y)`` pairs."""
-    if not isinstance(data, Dataset):
-        raise TypeError(
-            f"{name} must be a torch Dataset of (x, y) pairs (e.g. TensorDataset(x, y)), "
-            f"got {type(data).__name__}"
-        )
-    try:
-        n = len(data)  # type: ignore[arg-type]
-    except TypeError as err:
-        raise TypeError(f"{name} must be a map-style Dataset with a length") from err
-    if n == 0:
-        raise ValueError(f"{name} is empty")
-    item = data[0]
-    if not (isinstance(item, tuple | list) and len(item) >= 2 and isinstance(item[0], Tensor)):
-        raise ValueError(f"{name}[0] must be an (x, y) pair of tensors, got {type(item).__name__}")
-    return data
-
-
-def make_loader(
-    data: Dataset, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None
-) -> DataLoader:
-    """A DataLoader; a ``TensorDataset`` is sliced a whole batch at a time (no per-item collate)."""
-    if isinstance(data, TensorDataset):
-        base = RandomSampler(data, generator=generator) if shuffle else SequentialSampler(data)
-        sampler = BatchSampler(base, batch_size, drop_last=False)
-        # batch_size=None: the loader fetches data[list_of_indices], one slice per batch
-        return DataLoader(data, sampler=sampler, batch_size=None)
-    return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator)
-
-
-def tensors_of(data: Dataset, indices: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Materialise ``(x, y)`` tensors from a Dataset (optionally only ``indices``)."""
-    if indices is None:
-        indices = torch.arange(len(data))  # type: ignore[arg-type]
-    if isinstance(data, TensorDataset):
-        return data.tensors[0][indices], data.tensors[1][indices]
-    items = [data[int(i)] for i in indices]
-    x = torch.stack([it[0] for it in items])
-    y = torch.as_tensor([int(it[1]) for it in items], dtype=torch.long)
-    return x, y
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter or buffer (CPU for a parameter-free model)."""
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
 
 
 @torch.no_grad()
@@ -607,7 +486,7 @@ class Trainer:
             "history": state.history,
             "epochs": self.epochs,
         }
-        atomic_save(ckpt, state.checkpoint_dir / LAST_CHECKPOINT)  # type: ignore[operator]
+        atomic_torch_save(ckpt, state.checkpoint_dir / LAST_CHECKPOINT)  # type: ignore[operator]
 
     def _resume(self, state: TrainState, plugins: Sequence[Plugin]) -> bool:
         """Restore ``last.pt`` into ``state``; False (fresh start) if there is none."""

@@ -24,13 +24,10 @@ import contextlib
 import io
 import logging
 import os
-import platform
-import re
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +38,11 @@ from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from robustbench_local.records import metric_key, versions
+
 logger = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-_PACKAGES = ("torch", "numpy", "mlflow", "hydra-core", "adversarial-robustness-toolbox")
 _MAX_PARAM_LEN = 500
 
 
@@ -95,15 +93,6 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def versions() -> dict[str, str]:
-    """Python and key package versions."""
-    out = {"python": platform.python_version()}
-    for pkg in _PACKAGES:
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            out[pkg] = metadata.version(pkg)
-    return out
-
-
 def flat_params(cfg: DictConfig) -> dict[str, str]:
     """The resolved config as flat ``a.b.c -> value`` strings (long values truncated)."""
     out: dict[str, str] = {}
@@ -117,11 +106,6 @@ def flat_params(cfg: DictConfig) -> dict[str, str]:
 
     walk(OmegaConf.to_container(cfg, resolve=True), "")
     return out
-
-
-def metric_key(*parts: str) -> str:
-    """A valid MLflow metric name from label parts (``pgd+adaptive`` -> ``pgd_adaptive``)."""
-    return "/".join(re.sub(r"[^\w\-. ]", "_", p) for p in parts)
 
 
 def metric_batch(values: Mapping[str, float | list[float]], step: int = 0) -> list[Metric]:

@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 import attacks as atk_lib
+from defenses.storage import atomic_write_text
 from robustbench_local.data import load_dataset
 from robustbench_local.models import weights_digest
 
@@ -217,11 +218,7 @@ class ModelCard:
         if p.suffix != ".json":
             p.mkdir(parents=True, exist_ok=True)
             p = p / self.filename()
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(".json.tmp")
-        tmp.write_text(self.to_json() + "\n", encoding="utf-8")
-        tmp.replace(p)
-        return p
+        return atomic_write_text(p, self.to_json() + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ModelCard:

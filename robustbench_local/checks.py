@@ -27,12 +27,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import logging
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -40,109 +39,27 @@ from torch.nn import functional as F
 
 import attacks as atk_lib
 from attacks.losses import cw_margin
+from attacks.validation import looks_like_probabilities
+from robustbench_local.health import (
+    ADAPTIVE_SUFFIX,
+    GRADIENT_MASKING_FLAGS,
+    NONDETERMINISM_FLAGS,
+    PREFLIGHT_FLAGS,
+    Flag,
+    failed,
+    passed,
+    raise_on_errors,
+    summarize,
+)
+
+if TYPE_CHECKING:  # the curve imports the checks; they only read it
+    from robustbench_local.evaluate import Curve
 
 logger = logging.getLogger(__name__)
-ADAPTIVE_SUFFIX = "+adaptive"  # as in robustbench_local.evaluate (not imported: no cycle)
-
-Severity = Literal["info", "warning", "error"]
-SEVERITIES = ("info", "warning", "error")
-
-GRADIENT_MASKING_FLAGS: tuple[str, ...] = (
-    "monotone",
-    "near_chance_at_large_eps",
-    "iterative_beats_single_step",
-    "apgd_vs_pgd",
-    "more_steps_stable",
-    "gradients_nonzero",
-)
-"""Flags whose failure suggests gradient masking or a too-weak attack."""
-
-NONDETERMINISM_FLAGS: tuple[str, ...] = ("deterministic", "batch_size_invariance", "eval_mode")
-"""Flags whose failure means the model's outputs are not a function of its input alone."""
-
-PREFLIGHT_FLAGS: tuple[str, ...] = (
-    "inputs_in_bounds",
-    "logits_not_probabilities",
-    "labels_in_range",
-    "eval_mode",
-    "deterministic",
-    "batch_size_invariance",
-)
 
 # Layers whose forward pass depends on ``training`` (random or batch-statistics based).
 _MODE_DEPENDENT = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
 _PREFLIGHT_SAMPLES = 128
-
-
-@dataclass
-class Flag:
-    """The result of one health check.
-
-    Attributes:
-        name: The check's name (see :data:`GRADIENT_MASKING_FLAGS`, :data:`PREFLIGHT_FLAGS`).
-        ok: True if the check passed.
-        severity: ``"info"`` (passed or harmless), ``"warning"`` (results may be unreliable) or
-            ``"error"`` (the evaluation would be meaningless; ``robustness_curve`` raises).
-        message: What was found.
-        advice: What to do about it (empty when nothing is needed).
-        details: Numbers behind the verdict (JSON-able).
-    """
-
-    name: str
-    ok: bool
-    severity: Severity
-    message: str
-    advice: str = ""
-    details: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.severity not in SEVERITIES:
-            raise ValueError(f"severity must be one of {SEVERITIES}, got {self.severity!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Flag:
-        """Rebuild a flag from :meth:`to_dict` output."""
-        return cls(
-            name=str(d["name"]),
-            ok=bool(d["ok"]),
-            severity=d["severity"],
-            message=str(d.get("message", "")),
-            advice=str(d.get("advice", "")),
-            details=dict(d.get("details") or {}),
-        )
-
-    def __str__(self) -> str:
-        status = "ok" if self.ok else self.severity.upper()
-        text = f"[{status}] {self.name}: {self.message}"
-        return f"{text} -> {self.advice}" if self.advice and not self.ok else text
-
-
-def _passed(name: str, message: str, **details: Any) -> Flag:
-    return Flag(name, True, "info", message, "", details)
-
-
-def _failed(name: str, severity: Severity, message: str, advice: str, **details: Any) -> Flag:
-    return Flag(name, False, severity, message, advice, details)
-
-
-def summarize(flags: list[Flag]) -> str:
-    """One line per flag, failures first."""
-    return "\n".join(str(f) for f in sorted(flags, key=lambda f: (f.ok, f.name)))
-
-
-def raise_on_errors(flags: list[Flag], what: str = "the model fails the preflight") -> None:
-    """Raise if any flag failed with error severity.
-
-    Raises:
-        ValueError: Listing each error flag's message and advice.
-    """
-    errors = [f for f in flags if not f.ok and f.severity == "error"]
-    if errors:
-        raise ValueError(f"{what}: " + "; ".join(f"{f.message} {f.advice}" for f in errors))
 
 
 # ============================================================================== preflight
@@ -223,17 +140,17 @@ def check_inputs_in_bounds(x: Tensor, bounds: tuple[float, float]) -> Flag:
     name = "inputs_in_bounds"
     lo, hi = (float(b) for b in bounds)
     if not x.is_floating_point():
-        return _failed(
+        return failed(
             name,
             "error",
             f"inputs have dtype {x.dtype}, not float",
             f"convert to float in [{lo}, {hi}] (e.g. divide uint8 images by 255)",
         )
     if not bool(torch.isfinite(x).all()):
-        return _failed(name, "error", "inputs contain NaN or inf", "clean the data")
+        return failed(name, "error", "inputs contain NaN or inf", "clean the data")
     x_min, x_max = float(x.min()), float(x.max())
     if x_min < lo - 1e-6 or x_max > hi + 1e-6:
-        return _failed(
+        return failed(
             name,
             "error",
             f"inputs lie in [{x_min:.4g}, {x_max:.4g}], outside the bounds [{lo}, {hi}]",
@@ -242,7 +159,7 @@ def check_inputs_in_bounds(x: Tensor, bounds: tuple[float, float]) -> Flag:
             min=x_min,
             max=x_max,
         )
-    return _passed(name, f"inputs lie in [{x_min:.4g}, {x_max:.4g}] within [{lo}, {hi}]")
+    return passed(name, f"inputs lie in [{x_min:.4g}, {x_max:.4g}] within [{lo}, {hi}]")
 
 
 def check_logits(out: Tensor) -> Flag:
@@ -250,16 +167,16 @@ def check_logits(out: Tensor) -> Flag:
     name = "logits_not_probabilities"
     if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[1] < 2:
         shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        return _failed(
+        return failed(
             name, "error", f"the model returns {shape}, not logits [N, C]", "return class logits"
         )
     if not bool(torch.isfinite(out).all()):
-        return _failed(
+        return failed(
             name, "error", "the model returns NaN or inf", "check the weights and preprocessing"
         )
     rows = out.sum(dim=1)
-    if bool((out >= 0).all()) and torch.allclose(rows, torch.ones_like(rows), atol=1e-3):
-        return _failed(
+    if looks_like_probabilities(out):
+        return failed(
             name,
             "error",
             "the outputs are non-negative and sum to 1 per row: they are probabilities",
@@ -269,51 +186,51 @@ def check_logits(out: Tensor) -> Flag:
     if bool((out <= 0).all()) and torch.allclose(
         out.logsumexp(dim=1), torch.zeros_like(rows), atol=1e-3
     ):
-        return _passed(name, "the outputs are log-probabilities (fine for attacks)")
+        return passed(name, "the outputs are log-probabilities (fine for attacks)")
     if bool(((out >= 0) & (out <= 1)).all()) and out.shape[0] > 1:
-        return _failed(
+        return failed(
             name,
             "warning",
             "every output lies in [0, 1]: they may be sigmoid scores, which saturate",
             "return raw logits (remove the final sigmoid)",
         )
-    return _passed(name, "the outputs are unnormalised logits")
+    return passed(name, "the outputs are unnormalised logits")
 
 
 def check_labels(out: Tensor, y: Tensor) -> Flag:
     """Error if a label is not a class index of the model's output."""
     name = "labels_in_range"
     if y.dtype.is_floating_point or y.dtype == torch.bool or y.dim() != 1:
-        return _failed(
+        return failed(
             name, "error", f"labels have dtype {y.dtype}, shape {tuple(y.shape)}", "pass int [N]"
         )
     c = out.shape[1] if isinstance(out, Tensor) and out.dim() == 2 else 0
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= c):
-        return _failed(
+        return failed(
             name,
             "error",
             f"labels span [{int(y.min())}, {int(y.max())}] but the model has {c} outputs",
             "check the dataset matches the model's number of classes",
         )
-    return _passed(name, f"labels are valid class indices of {c} classes")
+    return passed(name, f"labels are valid class indices of {c} classes")
 
 
 def check_eval_mode(model: nn.Module) -> Flag:
     """Warn if the model is in training mode with Dropout or BatchNorm layers."""
     name = "eval_mode"
     if not isinstance(model, nn.Module) or not model.training:
-        return _passed(name, "the model is in eval mode")
+        return passed(name, "the model is in eval mode")
     layers = sorted(
         {type(m).__name__ for m in model.modules() if m.training and isinstance(m, _MODE_DEPENDENT)}
     )
     if not layers:
-        return _failed(
+        return failed(
             name,
             "info",
             "the model is in training mode (harmless: it has no Dropout or BatchNorm)",
             "call model.eval() before evaluating",
         )
-    return _failed(
+    return failed(
         name,
         "warning",
         f"the model is in training mode with {', '.join(layers)} layers: clean predictions "
@@ -337,14 +254,14 @@ def check_deterministic(model: nn.Module, x: Tensor, out: Tensor | None = None) 
     out = _forward(model, x) if out is None else out
     diff = _max_diff(out, _forward(model, x))
     if diff <= _tolerance(out):
-        return _passed(name, "two forward passes agree", max_diff=diff)
+        return passed(name, "two forward passes agree", max_diff=diff)
     if _is_random(model):
-        return _passed(
+        return passed(
             name,
             "the outputs are random, as the model declares (random=True): adaptive runs use EOT",
             max_diff=diff,
         )
-    return _failed(
+    return failed(
         name,
         "warning",
         f"two forward passes on the same input differ (max logit difference {diff:.3g})",
@@ -358,14 +275,14 @@ def check_batch_size_invariance(model: nn.Module, x: Tensor, out: Tensor | None 
     """Warn if the outputs on a batch differ from the outputs on its two halves."""
     name = "batch_size_invariance"
     if x.shape[0] < 2:
-        return _passed(name, "skipped: needs at least 2 samples")
+        return passed(name, "skipped: needs at least 2 samples")
     out = _forward(model, x) if out is None else out
     h = x.shape[0] // 2
     halves = torch.cat([_forward(model, x[:h]), _forward(model, x[h:])])
     diff = _max_diff(out, halves)
     if diff <= 10 * _tolerance(out) or _is_random(model):
-        return _passed(name, "outputs do not depend on the batch", max_diff=diff)
-    return _failed(
+        return passed(name, "outputs do not depend on the batch", max_diff=diff)
+    return failed(
         name,
         "warning",
         f"outputs on a batch and on its halves differ (max logit difference {diff:.3g})",
@@ -382,7 +299,7 @@ def check_batch_size_invariance(model: nn.Module, x: Tensor, out: Tensor | None 
 class _Ctx:
     """What every masking check needs: the model, the data, the curve and a default attack."""
 
-    curve: Any
+    curve: Curve
     model: nn.Module
     x: Tensor
     y: Tensor
@@ -447,8 +364,8 @@ def check_monotone(ctx: _Ctx, tolerance: float = 1e-9) -> Flag:
         if rises or above:
             bad.append(label)
     if not bad:
-        return _passed(name, "accuracy falls monotonically with eps under every attack")
-    return _failed(
+        return passed(name, "accuracy falls monotonically with eps under every attack")
+    return failed(
         name,
         "warning",
         f"accuracy rises with eps (or exceeds clean accuracy) under {', '.join(bad)}",
@@ -489,8 +406,8 @@ def check_near_chance_at_large_eps(ctx: _Ctx, large_eps: float | None = None) ->
     chance = 1.0 / n_classes
     details = {"eps": eps, "accuracy": acc, "chance": chance, "attack": attack.name}
     if acc <= chance + 1e-9:
-        return _passed(name, f"{attack.name} at eps={eps:.3g} leaves {acc:.1%} accuracy", **details)
-    return _failed(
+        return passed(name, f"{attack.name} at eps={eps:.3g} leaves {acc:.1%} accuracy", **details)
+    return failed(
         name,
         "warning",
         f"{attack.name} at eps={eps:.3g} (any input reachable) still leaves {acc:.1%} accuracy, "
@@ -509,8 +426,8 @@ def check_iterative_beats_single_step(ctx: _Ctx, tolerance: float = 0.02) -> Fla
     tol = max(tolerance, 1.0 / ctx.n)
     details = {"eps": ctx.eps, "fgsm": fgsm.tolist(), "pgd": pgd.tolist(), "n": ctx.n}
     if bool((pgd <= fgsm + tol).all()):
-        return _passed(name, f"PGD {_fmt(pgd)} <= FGSM {_fmt(fgsm)} at eps {ctx.eps}", **details)
-    return _failed(
+        return passed(name, f"PGD {_fmt(pgd)} <= FGSM {_fmt(fgsm)} at eps {ctx.eps}", **details)
+    return failed(
         name,
         "warning",
         f"single-step FGSM {_fmt(fgsm)} [{fgsm_src}] beats iterative PGD {_fmt(pgd)} "
@@ -529,10 +446,10 @@ def check_apgd_vs_pgd(ctx: _Ctx, margin: float = 0.1) -> Flag:
     gap = float((pgd - apgd).max())
     details = {"eps": ctx.eps, "pgd": pgd.tolist(), "apgd_ce": apgd.tolist(), "gap": gap}
     if gap <= max(margin, 2.0 / ctx.n):
-        return _passed(
+        return passed(
             name, f"APGD {_fmt(apgd)} and PGD {_fmt(pgd)} agree (gap {gap:.1%})", **details
         )
-    return _failed(
+    return failed(
         name,
         "warning",
         f"APGD-CE {_fmt(apgd)} [{apgd_src}] beats PGD {_fmt(pgd)} [{pgd_src}] by up to {gap:.1%}",
@@ -573,7 +490,7 @@ def check_more_steps_stable(ctx: _Ctx, tolerance: float = 0.05, max_eps: int = 2
         if stronger is not None and label in ctx.curve.robust:
             break
     else:
-        return _passed(name, "skipped: no iterative fixed-budget attack in the evaluation")
+        return passed(name, "skipped: no iterative fixed-budget attack in the evaluation")
     drops = []
     for k in ctx.eps_idx[-max_eps:]:
         alive = ctx.curve.robust[label][k, : ctx.n].to(ctx.x.device)
@@ -586,12 +503,12 @@ def check_more_steps_stable(ctx: _Ctx, tolerance: float = 0.05, max_eps: int = 2
     drop = max(drops)
     details = {"attack": label, "eps": ctx.eps[-max_eps:], "drops": drops}
     if drop <= max(tolerance, 2.0 / ctx.n):
-        return _passed(
+        return passed(
             name,
             f"{label} with 2x steps and another start lowers accuracy by {drop:.1%}",
             **details,
         )
-    return _failed(
+    return failed(
         name,
         "warning",
         f"{label} with 2x steps and another start lowers accuracy by {drop:.1%}: not converged",
@@ -631,7 +548,7 @@ def check_gradients_nonzero(ctx: _Ctx, max_fraction: float = 0.1) -> Flag:
     zero, nonfinite = _bad_gradient_fraction(ctx.model, ctx.x, ctx.y, "ce")
     details: dict[str, Any] = {"zero": zero, "nonfinite": nonfinite}
     if zero <= max_fraction and nonfinite == 0:
-        return _passed(name, f"input gradients are nonzero ({zero:.0%} zero)", **details)
+        return passed(name, f"input gradients are nonzero ({zero:.0%} zero)", **details)
     message = (
         f"{zero:.0%} of the samples have an all-zero and {nonfinite:.0%} a NaN/inf input "
         "gradient of the cross-entropy"
@@ -657,7 +574,7 @@ def check_gradients_nonzero(ctx: _Ctx, max_fraction: float = 0.1) -> Flag:
             "; if a layer is non-differentiable (rounding, quantisation, JPEG), wrap it as a "
             "defenses.Preprocessed model with differentiable=False so BPDA is used"
         )
-    return _failed(name, "warning", message, advice, **details)
+    return failed(name, "warning", message, advice, **details)
 
 
 CHECKS: dict[str, Callable[..., Flag]] = {
@@ -678,7 +595,7 @@ def _eps_points(n_eps: int, count: int) -> list[int]:
 
 
 def masking_checks(
-    curve: Any,
+    curve: Curve,
     model: nn.Module,
     x: Tensor,
     y: Tensor,
@@ -763,5 +680,6 @@ __all__ = [
     "input_gradients",
     "masking_checks",
     "preflight",
+    "raise_on_errors",
     "summarize",
 ]

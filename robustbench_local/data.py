@@ -49,7 +49,6 @@ import os
 import pickle
 import struct
 import tarfile
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -63,6 +62,8 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from attacks.registry import Registry
+from defenses.data import tensors_of
+from defenses.storage import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -249,12 +250,9 @@ def subset(dataset: Dataset, n: int, seed: int = 0) -> TensorDataset:
     idx = sample_indices(len(dataset), n, seed)
     if isinstance(dataset, TensorDataset):
         return TensorDataset(*(t[idx] for t in dataset.tensors))
-    items = [dataset[int(i)] for i in idx]
-    if not items:
+    if idx.numel() == 0:
         raise ValueError("subset of a non-TensorDataset needs n >= 1")
-    return TensorDataset(
-        *(torch.stack([torch.as_tensor(f) for f in fs]) for fs in zip(*items, strict=True))
-    )
+    return TensorDataset(*tensors_of(dataset, idx))
 
 
 # --------------------------------------------------------------------------- file sources
@@ -406,30 +404,25 @@ def _download_verified(url: str, dest: Path, file: FileSpec) -> None:
     from tqdm.auto import tqdm
 
     request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        digest, size = hashlib.md5(usedforsecurity=False), 0
-        with (
-            os.fdopen(fd, "wb") as out,
-            urllib.request.urlopen(request, timeout=TIMEOUT_S) as resp,
-            tqdm(
-                total=int(resp.headers.get("Content-Length") or 0) or None,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                desc=file.name,
-                disable=None,
-                leave=False,
-            ) as bar,
-        ):
-            for chunk in iter(lambda: resp.read(_CHUNK), b""):
-                out.write(chunk)
-                digest.update(chunk)
-                size += len(chunk)
-                bar.update(len(chunk))
-            out.flush()
-            os.fsync(out.fileno())
+    digest, size = hashlib.md5(usedforsecurity=False), 0
+    with (
+        atomic_write(dest) as out,
+        urllib.request.urlopen(request, timeout=TIMEOUT_S) as resp,
+        tqdm(
+            total=int(resp.headers.get("Content-Length") or 0) or None,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=file.name,
+            disable=None,
+            leave=False,
+        ) as bar,
+    ):
+        for chunk in iter(lambda: resp.read(_CHUNK), b""):
+            out.write(chunk)
+            digest.update(chunk)
+            size += len(chunk)
+            bar.update(len(chunk))
         actual = digest.hexdigest()
         if actual != file.md5 or (file.size is not None and size != file.size):
             want = f" and {file.size} bytes" if file.size is not None else ""
@@ -437,10 +430,6 @@ def _download_verified(url: str, dest: Path, file: FileSpec) -> None:
                 f"{url}: downloaded {file.name} has MD5 {actual} and {size} bytes, expected MD5 "
                 f"{file.md5}{want} (corrupt, truncated or tampered)"
             )
-        tmp.chmod(0o644)  # mkstemp creates 0600; a cache may be shared
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- IDX (MNIST)

@@ -22,15 +22,17 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 import attacks as atk_lib
 from attacks.base import parse_eps
+from defenses.data import DataLike, model_device, tensors_of
+from robustbench_local.checks import masking_checks, preflight
 from robustbench_local.data import sample_indices
+from robustbench_local.health import ADAPTIVE_SUFFIX, Flag, raise_on_errors
 
 logger = logging.getLogger(__name__)
-ADAPTIVE_SUFFIX = "+adaptive"
 AttackSpec = Sequence[str | atk_lib.Attack] | Mapping[str, atk_lib.Attack | str]
 
 
@@ -47,7 +49,7 @@ class Curve:
         cost: ``label -> {"wall_time", "n_forward", "n_backward"}`` (per-sample passes).
         seed: The evaluation seed.
         norm: The threat model's norm.
-        health: Check results (:class:`robustbench_local.checks.Flag`).
+        health: Check results (:class:`robustbench_local.health.Flag`).
         attack_configs: ``label -> Attack.config()``.
     """
 
@@ -59,7 +61,7 @@ class Curve:
     cost: dict[str, dict[str, float]] = field(default_factory=dict)
     seed: int = 0
     norm: str = "linf"
-    health: list[Any] = field(default_factory=list)
+    health: list[Flag] = field(default_factory=list)
     attack_configs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
@@ -150,7 +152,7 @@ class Curve:
             "cost": self.cost,
             "seed": self.seed,
             "norm": self.norm,
-            "health": [h.to_dict() if hasattr(h, "to_dict") else h for h in self.health],
+            "health": [h.to_dict() for h in self.health],
             "attack_configs": self.attack_configs,
             "accuracy": {k: self.accuracy(k).tolist() for k in self.attacks},
             "worst_case": self.worst_case().tolist(),
@@ -159,7 +161,7 @@ class Curve:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Curve:
-        """Rebuild a curve from :meth:`to_dict` output (health stays as plain dicts)."""
+        """Rebuild a curve from :meth:`to_dict` output."""
         return cls(
             eps=torch.tensor(d["eps"], dtype=torch.float64),
             attacks=list(d["attacks"]),
@@ -169,7 +171,7 @@ class Curve:
             cost=dict(d.get("cost", {})),
             seed=int(d.get("seed", 0)),
             norm=str(d.get("norm", "linf")),
-            health=list(d.get("health", [])),
+            health=[Flag.from_dict(h) for h in d.get("health", [])],
             attack_configs=dict(d.get("attack_configs", {})),
         )
 
@@ -205,33 +207,10 @@ def _validate_grid(eps: Any) -> list[float]:
     return grid
 
 
-def _batches(
-    data: Dataset | tuple[Tensor, Tensor], indices: Tensor, batch_size: int
-) -> Iterator[tuple[Tensor, Tensor]]:
+def _batches(data: DataLike, indices: Tensor, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
     """Yield ``(x, y)`` batches of the selected samples, loading one batch at a time."""
-    tensors = (
-        data.tensors
-        if isinstance(data, TensorDataset)
-        else data
-        if isinstance(data, tuple)
-        else None
-    )
     for chunk in indices.split(batch_size):
-        if tensors is not None:
-            yield tensors[0][chunk], tensors[1][chunk]
-        else:
-            items = [data[int(i)] for i in chunk]
-            yield (
-                torch.stack([torch.as_tensor(it[0]) for it in items]),
-                torch.as_tensor([int(it[1]) for it in items]),
-            )
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    p = next(iter(model.parameters()), None) if isinstance(model, nn.Module) else None
-    if p is None and isinstance(model, nn.Module):
-        p = next(iter(model.buffers()), None)
-    return p.device if p is not None else torch.device("cpu")
+        yield tensors_of(data, chunk)
 
 
 def _evaluators(
@@ -298,13 +277,13 @@ def robustness_curve(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     indices = sample_indices(x_all_len, n, seed) if n < x_all_len else torch.arange(x_all_len)
-    dev = torch.device(device) if device is not None else _model_device(model)
+    dev = torch.device(device) if device is not None else model_device(model)
     runs = _evaluators(model, attack_map, adaptive)
     torch.manual_seed(seed)
     robust: dict[str, list[Tensor]] = {label: [] for label, _, _ in runs}
     cost = {label: {"wall_time": 0.0, "n_forward": 0, "n_backward": 0} for label, _, _ in runs}
     clean: list[Tensor] = []
-    pre_flags: list[Any] = []
+    pre_flags: list[Flag] = []
     first: tuple[Tensor, Tensor] | None = None
     n_batches = (n + batch_size - 1) // batch_size
     bar = tqdm(
@@ -338,8 +317,6 @@ def robustness_curve(
     )
     curve.health = pre_flags
     if checks and first is not None:
-        from robustbench_local.checks import masking_checks
-
         curve.health += masking_checks(curve, model, *first, attack_map, **dict(check_kwargs or {}))
     logger.info("robustness curve done:\n%s", curve.table())
     return curve
@@ -347,10 +324,8 @@ def robustness_curve(
 
 def _preflight(
     model: nn.Module, x: Tensor, y: Tensor, attack_map: dict[str, atk_lib.Attack]
-) -> list[Any]:
+) -> list[Flag]:
     """Run the preflight checks; raise on an error-level failure."""
-    from robustbench_local.checks import preflight, raise_on_errors
-
     flags = preflight(model, x, y, next(iter(attack_map.values())).bounds)
     raise_on_errors(flags)
     return flags

@@ -46,14 +46,15 @@ import logging
 import math
 import numbers
 import os
-import platform
-import re
-import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from defenses.data import tensors_of
+from defenses.storage import atomic_write_json
+from robustbench_local.records import metric_key, versions
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -623,15 +624,6 @@ def load_split(dataset: str, split: str = "test", data_dir: str | os.PathLike | 
     return test if split == "test" else train
 
 
-def _split_tensors(data: Any) -> tuple[Tensor, Tensor]:
-    if isinstance(data, tuple | list) and len(data) == 2:
-        return data[0], data[1]
-    tensors = getattr(data, "tensors", None)
-    if tensors is None or len(tensors) != 2:
-        raise TypeError("data must be a TensorDataset of (x, y) or a tuple (x, y)")
-    return tensors[0], tensors[1]
-
-
 def select_samples(spec: GateSpec, data: Any) -> tuple[Tensor, Tensor, list[int]]:
     """The spec's fixed sample list: ``(x, y, indices)`` with ``sample_indices(N, n, seed)``.
 
@@ -640,7 +632,7 @@ def select_samples(spec: GateSpec, data: Any) -> tuple[Tensor, Tensor, list[int]
     """
     from robustbench_local.data import sample_indices
 
-    x, y = _split_tensors(data)
+    x, y = tensors_of(data)
     total = int(x.shape[0])
     if spec.n_examples > total:
         raise GateConfigError(
@@ -830,19 +822,6 @@ def _refuse_or_note(result: GateResult, allowed: bool, what: str, opt: str, text
 # --------------------------------------------------------------------------------------------
 
 
-def versions() -> dict[str, str]:
-    """Versions that affect results: Python, torch, numpy, scipy and this project."""
-    from importlib import metadata
-
-    out = {"python": platform.python_version()}
-    for dist in ("torch", "numpy", "scipy", "robustness-testing"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = "unknown"
-    return out
-
-
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -882,7 +861,7 @@ def save_baseline(path: str | os.PathLike, results: Sequence[GateResult]) -> Pat
         "versions": versions(),
         "gates": dict(sorted(gates.items())),
     }
-    _atomic_write_json(path, doc)
+    atomic_write_json(path, doc)
     return path
 
 
@@ -917,20 +896,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise BaselineError(f"{path} does not hold a JSON object")
     return doc
-
-
-def _atomic_write_json(path: Path, doc: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(doc, fh, indent=1)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _config_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -1141,12 +1106,8 @@ def report_dict(results: Sequence[GateResult], **extra: Any) -> dict[str, Any]:
 def write_report(path: str | os.PathLike, results: Sequence[GateResult], **extra: Any) -> Path:
     """Write :func:`report_dict` as JSON to ``path`` (atomically); return the path."""
     path = Path(path)
-    _atomic_write_json(path, report_dict(results, **extra))
+    atomic_write_json(path, report_dict(results, **extra))
     return path
-
-
-def _metric_key(name: str) -> str:
-    return re.sub(r"[^0-9A-Za-z_\-. /]", "_", name)[:200]
 
 
 def log_to_mlflow(
@@ -1169,7 +1130,7 @@ def log_to_mlflow(
     mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name=run_name or "robustness-gates") as run:
         for r in results:
-            key = _metric_key(r.spec.name)
+            key = metric_key(r.spec.name)
             for step, row in enumerate(r.rows):
                 metrics = {
                     f"{key}/accuracy": row.accuracy,

@@ -29,7 +29,6 @@ import hashlib
 import inspect
 import os
 import pickle
-import tempfile
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -40,6 +39,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from attacks.registry import Registry
+from defenses.storage import atomic_torch_save
 from robustbench_local.data import dataset_info
 
 FORMAT_VERSION = 1
@@ -229,7 +229,12 @@ def mnist_cnn(*, num_classes: int, dropout: float, dataset: str = "mnist") -> nn
 
 
 class PreActBlock(nn.Module):
-    """Pre-activation basic block: BN-ReLU-conv3x3-BN-ReLU-conv3x3 plus a shortcut."""
+    """Pre-activation basic block: BN-ReLU-conv3x3-BN-ReLU-conv3x3 plus a shortcut.
+
+    The same block serves PreAct ResNets (He et al., ECCV 2016) and Wide ResNets (Zagoruyko &
+    Komodakis, BMVC 2016): a 1x1 convolution on the pre-activated input is the shortcut when the
+    shape changes.
+    """
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
         super().__init__()
@@ -297,24 +302,7 @@ def preact_resnet18(*, num_classes: int, dropout: float, dataset: str = "cifar10
     return PreActResNet((2, 2, 2, 2), num_classes=num_classes, dropout=dropout, normalize=norm)
 
 
-class WideBasicBlock(nn.Module):
-    """WRN basic block: BN-ReLU-conv3x3-BN-ReLU-conv3x3, 1x1 conv shortcut when shapes change."""
-
-    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_planes)
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.shortcut: nn.Module | None = None
-        if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Residual output of the block."""
-        pre = F.relu(self.bn1(x))
-        out = self.conv2(F.relu(self.bn2(self.conv1(pre))))
-        return out + (self.shortcut(pre) if self.shortcut is not None else x)
+WideBasicBlock = PreActBlock  # the WRN basic block is the pre-activation block
 
 
 class WideResNet(nn.Module):
@@ -470,18 +458,7 @@ def save_checkpoint(
         "digest": digest,
         "meta": meta,
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(ckpt, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        Path(tmp).chmod(0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    atomic_torch_save(ckpt, path)
     return digest
 
 

@@ -15,15 +15,29 @@ torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
 
 
+DATA_ENV = "ROBUSTBENCH_LOCAL_DATA_DIR"
+
+
 def shared_datasets_dir() -> Path | None:
-    """The offline dataset mirror: $ROBUSTBENCH_LOCAL_DATA_DIR or ../shared/datasets."""
-    env = os.environ.get("ROBUSTBENCH_LOCAL_DATA_DIR")
+    """The offline dataset mirror: $ROBUSTBENCH_LOCAL_DATA_DIR or ../shared/datasets.
+
+    This is the one lookup of the mirror in the test suite: :func:`pytest_configure` exports it
+    in $ROBUSTBENCH_LOCAL_DATA_DIR, which the other conftests and subprocesses read.
+    """
+    env = os.environ.get(DATA_ENV)
     candidates = [Path(env)] if env else []
     candidates.append(REPO.parent / "shared" / "datasets")
     for c in candidates:
         if (c / "mnist" / "t10k-images-idx3-ubyte.gz").exists():
-            return c
+            return c.resolve()
     return None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Point the product at the offline mirror when one is found (``make test-fast`` too)."""
+    found = shared_datasets_dir()
+    if found is not None and not os.environ.get(DATA_ENV):
+        os.environ[DATA_ENV] = str(found)
 
 
 @pytest.fixture(scope="session")

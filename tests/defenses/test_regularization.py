@@ -9,7 +9,8 @@ from torch import nn
 import attacks
 import defenses
 from defenses.regularization import RobustEarlyStopping, add_dropout
-from defenses.training import Plugin, Trainer, load_trusted
+from defenses.storage import load_trusted
+from defenses.training import Plugin, Trainer
 
 COMMON = {"epochs": 4, "batch_size": 64, "lr": 1e-2, "progress": False}
 

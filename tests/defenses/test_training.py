@@ -9,7 +9,8 @@ import torch
 from torch.utils.data import Subset
 
 import defenses
-from defenses.training import LRSchedule, Trainer, load_trusted
+from defenses.storage import load_trusted
+from defenses.training import LRSchedule, Trainer
 
 
 def fast(**kw):

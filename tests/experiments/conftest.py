@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -54,7 +53,5 @@ def sqlite_uri(tmp_path, monkeypatch) -> str:
 
 
 @pytest.fixture
-def mnist_available() -> None:
-    root = os.environ.get("ROBUSTBENCH_LOCAL_DATA_DIR")
-    if not root or not (Path(root) / "mnist").is_dir():
-        pytest.skip("MNIST mirror not found: set ROBUSTBENCH_LOCAL_DATA_DIR (make test does)")
+def mnist_available(mnist_dir) -> None:
+    """Skip unless the MNIST mirror (found by the root conftest) is available."""
