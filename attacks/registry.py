@@ -1,7 +1,10 @@
-"""A small generic registry: decorator registration, ``create`` by name and ``names``.
+"""A small generic registry: decorator registration with metadata, ``create`` by name, ``names``.
 
-Every package of the project (attacks, defenses, models) keeps one ``Registry`` so that
-configs and users reach objects by name, and tests can be parametrised over every entry.
+Every package of the project (attacks, defenses, datasets, models, checks) keeps one ``Registry``
+so that configs and users reach objects by name, and tests can be parametrised over every entry.
+An entry registers once, with whatever its callers need to know about it (a defense's kind, a
+dataset's spec), in the style of timm's ``_registry.py``: there is no parallel table to keep in
+sync.
 """
 
 from __future__ import annotations
@@ -32,9 +35,12 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, Callable[..., T]] = {}
+        self._metadata: dict[str, dict[str, Any]] = {}
 
-    def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
-        """Return a decorator that registers a factory under ``name``.
+    def register(
+        self, name: str, **metadata: Any
+    ) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        """Return a decorator that registers a factory under ``name`` with its ``metadata``.
 
         Raises:
             ValueError: If ``name`` is already taken.
@@ -46,9 +52,20 @@ class Registry(Generic[T]):
             if key in self._entries and self._entries[key] is not factory:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
             self._entries[key] = factory
+            self._metadata[key] = dict(metadata)
             return factory
 
         return decorator
+
+    def metadata(self, name: str) -> dict[str, Any]:
+        """A copy of the metadata ``name`` was registered with (empty if none).
+
+        Raises:
+            ValueError: For an unknown name; the message lists the known names.
+
+        """
+        self.get(name)
+        return dict(self._metadata[name.lower()])
 
     def get(self, name: str) -> Callable[..., T]:
         """Return the factory registered under ``name``.
@@ -73,9 +90,28 @@ class Registry(Generic[T]):
         """Build the entry registered under ``name`` with keyword arguments."""
         return self.get(name)(**kwargs)
 
-    def names(self, pattern: str = "*") -> list[str]:
-        """Sorted registered names matching a shell-style ``pattern``."""
-        return sorted(n for n in self._entries if fnmatch.fnmatch(n, pattern.lower()))
+    def names(self, pattern: str = "*", **where: Any) -> list[str]:
+        """Sorted registered names matching a shell-style ``pattern`` and metadata ``where``.
+
+        ``names(kind="training")`` keeps the entries whose metadata has ``kind == "training"``;
+        where a metadata value is a tuple, list or set, membership counts as a match.
+        """
+        return sorted(
+            n
+            for n in self._entries
+            if fnmatch.fnmatch(n, pattern.lower()) and self._matches(n, where)
+        )
+
+    def _matches(self, key: str, where: dict[str, Any]) -> bool:
+        meta = self._metadata.get(key, {})
+        for field, want in where.items():
+            value = meta.get(field)
+            if isinstance(value, tuple | list | set | frozenset):
+                if want not in value:
+                    return False
+            elif value != want:
+                return False
+        return True
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name.lower() in self._entries
