@@ -6,7 +6,9 @@ before the first gate of that file runs, :func:`pytest_runtest_setup` below trai
 (FGSM-RS adversarial training, Wong et al. 2020, a few seconds on one core), saves it into a
 temporary folder and exports its path in that variable (restored at the end of the session).
 Set the variable yourself to gate another checkpoint of the same architecture instead. Without
-the MNIST mirror ($ROBUSTBENCH_LOCAL_DATA_DIR or ../shared/datasets) the gates are skipped.
+the MNIST mirror ($ROBUSTBENCH_LOCAL_DATA_DIR or ../shared/datasets) the gates are skipped. The
+file marks its gates ``slow`` (``marks: [slow]``), so ``pytest -m "not slow"`` deselects them and
+trains nothing.
 """
 
 from __future__ import annotations
@@ -27,18 +29,71 @@ CKPT_ENV = "ROBUSTNESS_GATES_MNIST_CKPT"
 DATA_ENV = "ROBUSTBENCH_LOCAL_DATA_DIR"
 
 
+PLUGIN = "robustbench_local.gates.plugin"
+
+
 def _plugin_args() -> list[str]:
     """How an inner pytester run loads the plugin: by entry point if installed, else with -p."""
     for ep in importlib.metadata.entry_points(group="pytest11"):
-        if ep.value == "robustbench_local.pytest_plugin":
+        if ep.name == "robustness" and ep.value == PLUGIN:
             return []
-    return ["-p", "robustbench_local.pytest_plugin"]
+    return ["-p", PLUGIN]
 
 
 @pytest.fixture(scope="session")
 def plugin_args() -> list[str]:
     """Command-line arguments that make an inner pytester session load the plugin."""
     return _plugin_args()
+
+
+# ------------------------------------------------------------------ results without a model
+
+
+def _make_result(
+    outcomes, *, thresholds=0.5, gate_id="tests/test_x.py::test_gate", confidence=0.95, **spec_kw
+):
+    """A :class:`GateResult` from ``[K][N]`` per-sample outcomes (eps 0.1, 0.2, ... by default)."""
+    from robustbench_local import gates
+
+    eps = spec_kw.pop("eps", [0.1 * (i + 1) for i in range(len(outcomes))])
+    spec = gates.GateSpec.from_kwargs(
+        gate_id.rsplit("::", 1)[-1],
+        {
+            "eps": eps,
+            "min_accuracy": thresholds,
+            "confidence": confidence,
+            "dataset": "digits",
+            **spec_kw,
+        },
+    )
+    n = len(outcomes[0])
+    return gates.GateResult(
+        gate_id=gate_id,
+        spec=spec,
+        rows=gates.make_rows(spec, outcomes),
+        outcomes=[list(o) for o in outcomes],
+        clean_correct=[True] * n,
+        indices=list(range(n)),
+        sample_hash=gates.sample_list_hash("digits", "test", range(n)),
+        model_digest="abc",
+        attack_config={"attack": {"name": "pgd", "steps": 10}, "eps": list(spec.eps)},
+    )
+
+
+@pytest.fixture
+def make_result():
+    """Build gate results from per-sample outcomes (no model, no data)."""
+    return _make_result
+
+
+@pytest.fixture
+def run_pytest(pytester: pytest.Pytester, plugin_args: list[str]):
+    """Run an inner pytest session in ``pytester``'s folder with the plugin loaded."""
+
+    def run(*args: str) -> pytest.RunResult:
+        return pytester.runpytest(*plugin_args, "-p", "no:cacheprovider", *args)
+
+    return run
 
 
 # ------------------------------------------------------------------------------ digits models

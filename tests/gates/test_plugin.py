@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 
 import pytest
 
-from robustbench_local.gates import GateSpec, run_gate
+from robustbench_local.gates import GateSpec, run_gate, sample_list_hash, wilson_bounds
 
 pytest_plugins = ["pytester"]
 
@@ -95,6 +94,12 @@ def test_run_gate_is_deterministic(measured, digits_checkpoints):
     assert again.model_digest == measured.model_digest
     assert len(measured.indices) == 200
     assert measured.indices == sorted(set(measured.indices))
+    # Rows count the per-sample outcomes; a sample broken at eps 0.02 stays broken at 0.05.
+    assert [row.robust for row in measured.rows] == [sum(o) for o in measured.outcomes]
+    assert all(a or not b for a, b in zip(measured.outcomes[0], measured.outcomes[1], strict=True))
+    for row in measured.rows:
+        assert (row.lower, row.upper) == wilson_bounds(row.robust, 200, 0.95)
+    assert measured.sample_hash == sample_list_hash("digits", "test", measured.indices)
 
 
 def test_pass_fail_and_inconclusive(pytester, plugin_args, good, measured):
@@ -279,115 +284,6 @@ def test_holm_correction_decides_borderline_drops_at_session_end(pytester, plugi
     )
 
 
-# ------------------------------------------------------------------------------ YAML gate files
-
-
-def test_yaml_gates_are_collected_and_run(pytester, plugin_args, digits_checkpoints, monkeypatch):
-    (pytester.path / "models").mkdir()
-    shutil.copy(digits_checkpoints["good"], pytester.path / "models" / "good.pt")
-    monkeypatch.setenv("GOOD_CKPT", str(digits_checkpoints["good"]))
-    pytester.makefile(
-        ".yaml",
-        ci_robustness_gates="""
-defaults:
-  dataset: digits
-  n_examples: 200
-  attack: pgd
-  attack_kwargs: {steps: 10}
-gates:
-  - name: relative_checkpoint
-    model: models/good.pt
-    eps: [0.0, 0.02]
-    min_accuracy: [0.8, 0.1]
-  - name: hydra_target
-    model:
-      _target_: robustbench_local.models.create_model
-      name: digits_mlp
-      checkpoint: ${GOOD_CKPT}
-    eps: 0.0
-    min_accuracy: 0.999
-""",
-    )
-    pytester.makefile(".yaml", unrelated="gates: 3")  # not a gate file: ignored
-    collected = run(pytester, plugin_args, "--collect-only", "-q")
-    collected.stdout.fnmatch_lines(
-        ["ci_robustness_gates.yaml::relative_checkpoint", "ci_robustness_gates.yaml::hydra_target"]
-    )
-    result = run(pytester, plugin_args, "-m", "robustness", "--robustness-report=r.json")
-    result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines(
-        [
-            "*robustness gate 'hydra_target': FAIL*",
-            "*= robustness gates =*",
-            "relative_checkpoint*pgd*0*200*PASS",
-            "relative_checkpoint*pgd*0.02*200*PASS",
-            "hydra_target*pgd*0*200*>= 0.999*FAIL",
-        ]
-    )
-    gates_by_name = {g["name"]: g for g in report(pytester, "r.json")["gates"]}
-    # Both load the same weights: the same per-sample outcomes at eps 0.
-    assert (
-        gates_by_name["relative_checkpoint"]["robust"][0]
-        == gates_by_name["hydra_target"]["robust"][0]
-    )
-    assert (
-        gates_by_name["relative_checkpoint"]["model_digest"]
-        == gates_by_name["hydra_target"]["model_digest"]
-    )
-
-
-@pytest.mark.parametrize(
-    ("content", "message"),
-    [
-        (
-            "gates:\n  - name: g\n    model: m.pt\n    eps: 0.1\n    min_accuracy: 1.5\n",
-            r"*gate 'g'*min_accuracy must be in [[]0, 1]*",
-        ),
-        (
-            "gates:\n  - name: g\n    model: m.pt\n    eps: 0.1\n    stepz: 3\n",
-            "*unknown robustness gate argument 'stepz'*",
-        ),
-        ("gates:\n  - name: g\n    eps: 0.1\n", "*'model' must be a checkpoint path or a mapping*"),
-        ("gate: []\n", "*unknown top-level keys [[]'gate']*"),
-        ("gates: []\n", "*'gates' must be a non-empty list*"),
-        (
-            "gates:\n  - {name: g, model: m.pt, eps: 0.1}\n  - {name: g, model: m.pt, eps: 0.2}\n",
-            "*duplicate gate name 'g'*",
-        ),
-        ("gates: [\n", "*cannot read YAML*"),
-    ],
-)
-def test_bad_yaml_gate_files_are_collection_errors(pytester, plugin_args, content, message):
-    pytester.makefile(".yaml", robustness_gates=content)
-    result = run(pytester, plugin_args)
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*ERROR collecting robustness_gates.yaml*", message])
-    assert "Traceback" not in result.stdout.str()
-
-
-def test_yaml_missing_checkpoint_is_a_setup_error(pytester, plugin_args, monkeypatch):
-    monkeypatch.delenv("NO_SUCH_CKPT_VAR", raising=False)
-    pytester.makefile(
-        ".yaml",
-        robustness_gates="""
-defaults: {dataset: digits, n_examples: 20}
-gates:
-  - {name: missing, model: nowhere/model.pt, eps: 0.1, min_accuracy: 0.5}
-  - {name: unset_env, model: "${NO_SUCH_CKPT_VAR}/model.pt", eps: 0.1, min_accuracy: 0.5}
-""",
-    )
-    result = run(pytester, plugin_args)
-    result.assert_outcomes(errors=2)
-    result.stdout.fnmatch_lines(
-        [
-            "*setup failed for robustness_gates.yaml::missing: model checkpoint not found:*"
-            "nowhere/model.pt*",
-            "*setup failed for robustness_gates.yaml::unset_env: *unset environment variable(s) "
-            "[[]'NO_SUCH_CKPT_VAR']*",
-        ]
-    )
-
-
 # ------------------------------------------------------------------------------ bad marker input
 
 
@@ -521,9 +417,12 @@ def test_plugin_stays_out_of_sessions_without_gates(pytester, plugin_args):
     assert not (pytester.path / "r.json").exists()
 
 
-def test_plugin_import_is_light():
+@pytest.mark.parametrize(
+    "module", ["robustbench_local.pytest_plugin", "robustbench_local.gates.plugin"]
+)
+def test_plugin_import_is_light(module):
     code = (
-        "import sys, robustbench_local.pytest_plugin\n"
+        f"import sys, {module}, robustbench_local.gates\n"
         "print(sorted({'torch', 'scipy', 'mlflow'} & set(sys.modules)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

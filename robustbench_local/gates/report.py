@@ -1,0 +1,199 @@
+"""Reports of a session's gates: the terminal table, failure messages, JSON and MLflow.
+
+The table lists gate, attack, eps, n, accuracy, interval, threshold and verdict (plus the
+baseline accuracy, the change and the p-value of the drop when compared); the JSON report holds
+every result with its per-sample outcomes; :func:`log_to_mlflow` puts both in one MLflow run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from defenses.storage import atomic_write_json
+from robustbench_local.gates.results import (
+    FAIL,
+    FORMAT_VERSION,
+    INCONCLUSIVE,
+    NO_THRESHOLD,
+    PASS,
+    REFUSED,
+    GateResult,
+    GateRow,
+    utc_now,
+)
+from robustbench_local.records import metric_key, versions
+
+REPORT_FORMAT = "robustbench_local.gates/report"
+_VERDICT_TEXT = {PASS: "PASS", FAIL: "FAIL", INCONCLUSIVE: "INCONCLUSIVE", NO_THRESHOLD: "-"}
+_HEADERS = ["gate", "attack", "eps", "n", "accuracy", "interval", "threshold", "verdict"]
+_BASELINE_HEADERS = ["baseline", "change", "p(drop)"]
+_NUMERIC = {"eps", "n", "accuracy", "baseline", "change", "p(drop)"}
+
+
+def _row_verdict(result: GateResult, row: GateRow) -> str:
+    if row.regression == "regressed":
+        return "FAIL (drop)"
+    text = _VERDICT_TEXT[row.verdict]
+    if result.refusals and row.verdict in (PASS, INCONCLUSIVE, NO_THRESHOLD):
+        return "REFUSED"
+    if row.regression == "pending":
+        text += " (drop?)"
+    return text
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _table_cells(result: GateResult, row: GateRow, compare: bool) -> list[str]:
+    cells = [
+        result.spec.name,
+        result.spec.attack + (f" ({result.spec.norm})" if result.spec.norm else ""),
+        f"{row.eps:g}",
+        str(row.n),
+        _fmt(row.accuracy),
+        f"[{row.lower:.3f}, {row.upper:.3f}]",
+        "-" if row.threshold is None else f">= {row.threshold:g}",
+        _row_verdict(result, row),
+    ]
+    if compare:
+        base = row.baseline_accuracy
+        change = None if base is None else row.accuracy - base
+        p = row.p_adjusted if row.p_adjusted is not None else row.p_value
+        cells += [_fmt(base), "-" if change is None else f"{change:+.3f}", _fmt(p, 4)]
+    return cells
+
+
+def render_table(results: Sequence[GateResult]) -> str:
+    """A plain-text table: gate, attack, eps, n, accuracy, interval, threshold, verdict.
+
+    With baseline comparisons, also the baseline accuracy, the change and the (Holm-adjusted
+    where known) p-value of the drop. Refusals and notes follow the table.
+    """
+    if not results:
+        return "no robustness gates ran"
+    compare = any(row.p_value is not None for r in results for row in r.rows)
+    headers = _HEADERS + (_BASELINE_HEADERS if compare else [])
+    body = [_table_cells(r, row, compare) for r in results for row in r.rows]
+    widths = [max(len(c) for c in col) for col in zip(headers, *body, strict=True)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if h in _NUMERIC else c.ljust(w)
+            for h, c, w in zip(headers, cells, widths, strict=True)
+        ).rstrip()
+
+    lines = [line(headers), "  ".join("-" * w for w in widths)]
+    lines += [line(cells) for cells in body]
+    lines += _table_footer(results, compare)
+    return "\n".join(lines)
+
+
+def _table_footer(results: Sequence[GateResult], compare: bool) -> list[str]:
+    kinds = sorted({(r.spec.confidence, r.spec.method) for r in results})
+    desc = ", ".join(f"{c:.0%} {m}" for c, m in kinds)
+    out = [f"interval: one-sided {desc} bounds. PASS: lower >= threshold; FAIL: upper < threshold."]
+    if compare:
+        out.append(
+            "p(drop): exact McNemar test of a drop larger than the margin, Holm-adjusted across "
+            "gates; 'drop?' = decided at the end of the session."
+        )
+    for r in results:
+        out += [f"{r.spec.name}: REFUSED: {text}" for text in r.refusals]
+        out += [f"{r.spec.name}: note: {text}" for text in r.notes]
+    return out
+
+
+def failure_message(result: GateResult, policy: str | None = None) -> str:
+    """The message of a failing gate: a headline, the table and what to do."""
+    verdict = result.verdict
+    head = f"robustness gate {result.spec.name!r}: {verdict.upper()}"
+    hints = {
+        FAIL: "robust accuracy is below the threshold or dropped significantly from the baseline.",
+        REFUSED: "health checks flagged the evaluation; see the REFUSED lines.",
+        INCONCLUSIVE: (
+            "the confidence interval contains the threshold: raise n_examples to decide, or run "
+            "with --robustness-inconclusive=warn."
+        ),
+    }
+    return f"{head}: {hints.get(verdict, '')}\n{render_table([result])}"
+
+
+def report_dict(results: Sequence[GateResult], **extra: Any) -> dict[str, Any]:
+    """JSON-able report of a session's gates."""
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.verdict] = counts.get(r.verdict, 0) + 1
+    return {
+        "format": REPORT_FORMAT,
+        "version": FORMAT_VERSION,
+        "created": utc_now(),
+        "versions": versions(),
+        "summary": counts,
+        **extra,
+        "gates": [r.to_dict() for r in results],
+    }
+
+
+def write_report(path: str | os.PathLike[str], results: Sequence[GateResult], **extra: Any) -> Path:
+    """Write :func:`report_dict` as JSON to ``path`` (atomically); return the path."""
+    path = Path(path)
+    atomic_write_json(path, report_dict(results, **extra))
+    return path
+
+
+def _row_metrics(key: str, row: GateRow) -> dict[str, float]:
+    metrics = {
+        f"{key}/accuracy": row.accuracy,
+        f"{key}/lower": row.lower,
+        f"{key}/upper": row.upper,
+    }
+    if row.p_value is not None:
+        metrics[f"{key}/p_drop"] = row.p_adjusted if row.p_adjusted is not None else row.p_value
+    return metrics
+
+
+def log_to_mlflow(
+    results: Sequence[GateResult],
+    *,
+    experiment: str = "robustness-gates",
+    tracking_uri: str | None = None,
+    run_name: str | None = None,
+) -> str:
+    """Log gate results to one MLflow run; return its run id.
+
+    Per gate, metrics ``<gate>/accuracy``, ``/lower``, ``/upper`` (and ``/p_drop`` when
+    compared) with ``step`` = eps index, a ``<gate>/verdict`` tag; the table and the JSON
+    report are artifacts.
+    """
+    import mlflow
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name=run_name or "robustness-gates") as run:
+        for r in results:
+            key = metric_key(r.spec.name)
+            for step, row in enumerate(r.rows):
+                mlflow.log_metrics(_row_metrics(key, row), step=step)
+            mlflow.set_tag(f"{key}/verdict", r.verdict)
+        counts = report_dict(results)["summary"]
+        mlflow.set_tags(
+            {"robustness.gates": len(results), **{f"robustness.{k}": v for k, v in counts.items()}}
+        )
+        mlflow.log_text(render_table(results), "robustness_gates/table.txt")
+        mlflow.log_dict(report_dict(results), "robustness_gates/report.json")
+        return run.info.run_id
+
+
+__all__ = [
+    "REPORT_FORMAT",
+    "failure_message",
+    "log_to_mlflow",
+    "render_table",
+    "report_dict",
+    "write_report",
+]

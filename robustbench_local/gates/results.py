@@ -1,0 +1,191 @@
+"""What a gate produced: one :class:`GateRow` per eps and the :class:`GateResult` around them.
+
+A row's verdict compares its one-sided confidence bounds with the threshold; a result's verdict
+combines its rows, its baseline comparisons and its health refusals. Per-sample outcomes are
+stored as ``"0101..."`` strings in baselines and reports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from robustbench_local.gates.errors import BaselineError
+from robustbench_local.gates.spec import GateSpec
+from robustbench_local.gates.stats import accuracy_bounds
+
+PASS, FAIL, INCONCLUSIVE, REFUSED, NO_THRESHOLD = "pass", "fail", "inconclusive", "refused", "n/a"
+FORMAT_VERSION = 1
+"""Version of the baseline and report file formats."""
+
+
+def threshold_verdict(lower: float, upper: float, threshold: float | None) -> str:
+    """``pass`` if ``lower >= threshold``, ``fail`` if ``upper < threshold``, else inconclusive."""
+    if threshold is None:
+        return NO_THRESHOLD
+    if lower >= threshold:
+        return PASS
+    if upper < threshold:
+        return FAIL
+    return INCONCLUSIVE
+
+
+@dataclass
+class GateRow:
+    """One eps of a gate: the estimate, its bounds, the verdict and the baseline comparison."""
+
+    eps: float
+    n: int
+    robust: int
+    lower: float
+    upper: float
+    threshold: float | None
+    verdict: str
+    baseline_robust: int | None = None
+    losses: int | None = None
+    gains: int | None = None
+    p_value: float | None = None
+    p_adjusted: float | None = None
+    regression: str | None = None  # None (no baseline), "ok", "pending" or "regressed"
+
+    @property
+    def accuracy(self) -> float:
+        """Robust accuracy ``robust / n``."""
+        return self.robust / self.n
+
+    @property
+    def baseline_accuracy(self) -> float | None:
+        """The baseline's robust accuracy on the same samples, if compared."""
+        return None if self.baseline_robust is None else self.baseline_robust / self.n
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able fields, with the accuracy."""
+        return {**dataclasses.asdict(self), "accuracy": self.accuracy}
+
+
+@dataclass
+class GateResult:
+    """Everything one gate evaluation produced.
+
+    Attributes:
+        gate_id: Stable key (the pytest node id), used in baselines and reports.
+        spec: The gate's settings.
+        rows: One :class:`GateRow` per eps.
+        outcomes: ``[K][N]`` per-sample robustness (True = still correctly classified).
+        clean_correct: ``[N]`` clean correctness.
+        indices: The dataset indices evaluated (sorted).
+        sample_hash: sha256 of the dataset name, split and indices.
+        model_digest: sha256 of the model's weights.
+        attack_config: The attack's settings and the eps grid (what a baseline must match).
+        health: Health-check flags as dicts.
+        refusals: Why the gate refuses to pass (gradient masking, non-determinism).
+        notes: Further remarks (other health warnings, baseline notes).
+        wall_time: Seconds spent evaluating.
+    """
+
+    gate_id: str
+    spec: GateSpec
+    rows: list[GateRow]
+    outcomes: list[list[bool]]
+    clean_correct: list[bool]
+    indices: list[int]
+    sample_hash: str
+    model_digest: str
+    attack_config: dict[str, Any]
+    health: list[dict[str, Any]] = field(default_factory=list)
+    refusals: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    wall_time: float = 0.0
+
+    @property
+    def verdict(self) -> str:
+        """``fail`` > ``refused`` > ``inconclusive`` > ``pass`` over the rows and checks."""
+        verdicts = {r.verdict for r in self.rows}
+        if FAIL in verdicts or any(r.regression == "regressed" for r in self.rows):
+            return FAIL
+        if self.refusals:
+            return REFUSED
+        if INCONCLUSIVE in verdicts:
+            return INCONCLUSIVE
+        return PASS
+
+    def failed(self, policy: str | None = None) -> bool:
+        """Whether the gate fails under ``policy`` for inconclusive verdicts (default: spec's)."""
+        v = self.verdict
+        return v in (FAIL, REFUSED) or (
+            v == INCONCLUSIVE and (policy or self.spec.inconclusive) == "fail"
+        )
+
+    def to_dict(self, *, outcomes: bool = True) -> dict[str, Any]:
+        """JSON-able result (per-sample outcomes as ``"0101..."`` strings)."""
+        d: dict[str, Any] = {
+            "gate_id": self.gate_id,
+            "name": self.spec.name,
+            "verdict": self.verdict,
+            "spec": self.spec.to_dict(),
+            "rows": [r.to_dict() for r in self.rows],
+            "sample_hash": self.sample_hash,
+            "model_digest": self.model_digest,
+            "attack_config": self.attack_config,
+            "health": self.health,
+            "refusals": self.refusals,
+            "notes": self.notes,
+            "wall_time": self.wall_time,
+        }
+        if outcomes:
+            d["indices"] = self.indices
+            d["robust"] = [bits(o) for o in self.outcomes]
+            d["clean_correct"] = bits(self.clean_correct)
+        return d
+
+
+def make_rows(spec: GateSpec, outcomes: Sequence[Sequence[bool]]) -> list[GateRow]:
+    """Turn ``[K][N]`` outcomes into one :class:`GateRow` per eps of ``spec``."""
+    rows = []
+    for eps, threshold, robust in zip(spec.eps, spec.min_accuracy, outcomes, strict=True):
+        n, k = len(robust), int(sum(bool(v) for v in robust))
+        lower, upper = accuracy_bounds(k, n, spec.confidence, spec.method)
+        verdict = threshold_verdict(lower, upper, threshold)
+        rows.append(GateRow(eps, n, k, lower, upper, threshold, verdict))
+    return rows
+
+
+def bits(values: Sequence[bool]) -> str:
+    """Per-sample outcomes as a ``"0101..."`` string."""
+    return "".join("1" if v else "0" for v in values)
+
+
+def unbits(s: str) -> list[bool]:
+    """The outcomes of a :func:`bits` string.
+
+    Raises:
+        BaselineError: Not a string of 0 and 1.
+    """
+    if not isinstance(s, str) or set(s) - {"0", "1"}:
+        raise BaselineError("per-sample outcomes must be strings of 0 and 1")
+    return [c == "1" for c in s]
+
+
+def utc_now() -> str:
+    """The current UTC time in ISO format, to the second (the ``created`` field of files)."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+__all__ = [
+    "FAIL",
+    "FORMAT_VERSION",
+    "INCONCLUSIVE",
+    "NO_THRESHOLD",
+    "PASS",
+    "REFUSED",
+    "GateResult",
+    "GateRow",
+    "bits",
+    "make_rows",
+    "threshold_verdict",
+    "unbits",
+    "utc_now",
+]
