@@ -123,6 +123,21 @@ def test_names_and_info():
         load_dataset("mnist", base_url="ftp://example.org")
 
 
+def test_each_dataset_registers_once_with_its_spec():
+    for name in dataset_names():
+        spec = data.DATASETS.metadata(name)["spec"]
+        assert spec.name == name and data.dataset_spec(name) == spec == data.SPECS[name]
+        assert dataset_info(name) == spec.info
+    mnist = data.dataset_spec("mnist")
+    assert {f.name: f.md5 for f in mnist.files} == MNIST_MD5
+    assert data.dataset_spec("digits").files == ()  # bundled with scikit-learn
+    assert list(data.SPECS) == dataset_names() and len(data.SPECS) == 4
+    with pytest.raises(TypeError):
+        data.SPECS["mnist"] = mnist  # a view of the registry, not a second table
+    with pytest.raises(KeyError):
+        data.SPECS["mnsit"]
+
+
 # --------------------------------------------------------------------------- digits
 
 
