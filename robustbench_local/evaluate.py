@@ -7,6 +7,10 @@ eps. The data streams through in batches, so memory is bounded by the batch size
 robustness matrices are kept. A model whose forward pass is non-differentiable or random is
 attacked twice, as it is (naive) and through BPDA/EOT (adaptive); the worst case takes both.
 
+:func:`robustness_curve` runs in four steps, each its own helper: select the samples, evaluate
+every attack run per batch, assemble the :class:`~robustbench_local.curve.Curve` (defined in
+:mod:`robustbench_local.curve`, re-exported here), then the masking checks.
+
 References:
     Carlini et al., "On Evaluating Adversarial Robustness", arXiv:1902.06705, 2019.
     Athalye, Carlini & Wagner, "Obfuscated Gradients Give a False Sense of Security", ICML 2018.
@@ -101,7 +105,7 @@ def _select_samples(data: DataLike, n_examples: int | None, seed: int) -> Tensor
     Raises:
         ValueError: ``n_examples`` is not in ``[1, len(data)]``.
     """
-    total = len(data[0]) if isinstance(data, tuple) else len(data)  # type: ignore[arg-type]
+    total = len(data[0]) if isinstance(data, tuple) else len(data)
     n = total if n_examples is None else int(n_examples)
     if not 0 < n <= total:
         raise ValueError(

@@ -17,7 +17,7 @@ derived from this registry by :func:`check_names`: there is no table to keep in 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal, TypeVar, get_args
+from typing import Literal, get_args
 
 from attacks.registry import Registry
 from robustbench_local.health import Flag
@@ -28,10 +28,10 @@ KINDS: tuple[str, ...] = get_args(CheckKind)
 CHECKS: Registry[Flag] = Registry("check")
 """Every health check by flag name; metadata ``kind`` (a tuple of kinds) and ``order``."""
 
-F = TypeVar("F", bound=Callable[..., Flag])
+CheckFn = Callable[..., Flag]
 
 
-def register_check(name: str, *kinds: CheckKind) -> Callable[[F], F]:
+def register_check(name: str, *kinds: CheckKind) -> Callable[[CheckFn], CheckFn]:
     """Register a check under its flag ``name`` with its kinds; checks run in this order.
 
     Raises:
@@ -40,7 +40,7 @@ def register_check(name: str, *kinds: CheckKind) -> Callable[[F], F]:
     unknown = [k for k in kinds if k not in KINDS]
     if not kinds or unknown:
         raise ValueError(f"check {name!r} needs kinds from {KINDS}, got {kinds}")
-    return CHECKS.register(name, kind=tuple(kinds), order=len(CHECKS))  # type: ignore[return-value]
+    return CHECKS.register(name, kind=tuple(kinds), order=len(CHECKS))
 
 
 def check_names(kind: CheckKind) -> tuple[str, ...]:
