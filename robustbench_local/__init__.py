@@ -27,10 +27,10 @@ _EXPORTS = {
     "load_checkpoint": "models",
     "weights_digest": "models",
     "robustness_curve": "evaluate",
-    "Curve": "evaluate",
+    "Curve": "curve",
     "benchmark": "benchmark",
-    "ModelCard": "benchmark",
-    "Leaderboard": "benchmark",
+    "ModelCard": "card",
+    "Leaderboard": "leaderboard",
 }
 
 

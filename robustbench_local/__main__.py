@@ -14,14 +14,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from robustbench_local.benchmark import (
+from robustbench_local.benchmark import benchmark
+from robustbench_local.card import THREAT_MODELS
+from robustbench_local.leaderboard import (
     LEADERBOARD_ENV,
-    THREAT_MODELS,
     Leaderboard,
-    benchmark,
     default_leaderboard_dir,
     summary,
 )
+from robustbench_local.models import load_checkpoint
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -81,8 +82,6 @@ def _leaderboard(args: argparse.Namespace) -> int:
 
 
 def _benchmark(args: argparse.Namespace) -> int:
-    from robustbench_local.models import load_checkpoint
-
     model = load_checkpoint(args.checkpoint, map_location=args.device or "cpu").eval()
     card = benchmark(
         model,

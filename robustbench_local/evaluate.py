@@ -7,6 +7,10 @@ eps. The data streams through in batches, so memory is bounded by the batch size
 robustness matrices are kept. A model whose forward pass is non-differentiable or random is
 attacked twice, as it is (naive) and through BPDA/EOT (adaptive); the worst case takes both.
 
+:func:`robustness_curve` runs in four steps, each its own helper: select the samples, evaluate
+every attack run per batch, assemble the :class:`~robustbench_local.curve.Curve` (defined in
+:mod:`robustbench_local.curve`, re-exported here), then the masking checks.
+
 References:
     Carlini et al., "On Evaluating Adversarial Robustness", arXiv:1902.06705, 2019.
     Athalye, Carlini & Wagner, "Obfuscated Gradients Give a False Sense of Security", ICML 2018.
@@ -18,7 +22,7 @@ import itertools
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -27,153 +31,15 @@ from tqdm.auto import tqdm
 
 import attacks as atk_lib
 from attacks.base import parse_eps
+from attacks.validation import check_positive_int
 from defenses.data import DataLike, model_device, tensors_of
 from robustbench_local.checks import masking_checks, preflight
+from robustbench_local.curve import Curve
 from robustbench_local.data import sample_indices
 from robustbench_local.health import ADAPTIVE_SUFFIX, Flag, raise_on_errors
 
 logger = logging.getLogger(__name__)
 AttackSpec = Sequence[str | atk_lib.Attack] | Mapping[str, atk_lib.Attack | str]
-
-
-@dataclass
-class Curve:
-    """A robustness curve and everything needed to audit it.
-
-    Attributes:
-        eps: ``[K]`` the budgets, increasing.
-        attacks: Attack labels in evaluation order (adaptive runs end in ``+adaptive``).
-        robust: ``label -> bool [K, N]``: sample still classified correctly under that attack.
-        clean_correct: ``bool [N]``: correct on the clean input.
-        indices: ``[N]`` dataset indices of the evaluated samples.
-        cost: ``label -> {"wall_time", "n_forward", "n_backward"}`` (per-sample passes).
-        seed: The evaluation seed.
-        norm: The threat model's norm.
-        health: Check results (:class:`robustbench_local.health.Flag`).
-        attack_configs: ``label -> Attack.config()``.
-    """
-
-    eps: Tensor
-    attacks: list[str]
-    robust: dict[str, Tensor]
-    clean_correct: Tensor
-    indices: Tensor
-    cost: dict[str, dict[str, float]] = field(default_factory=dict)
-    seed: int = 0
-    norm: str = "linf"
-    health: list[Flag] = field(default_factory=list)
-    attack_configs: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    @property
-    def n_examples(self) -> int:
-        """Number of evaluated samples."""
-        return int(self.clean_correct.numel())
-
-    @property
-    def clean_accuracy(self) -> float:
-        """Accuracy on clean inputs."""
-        return float(self.clean_correct.float().mean())
-
-    @property
-    def headline_labels(self) -> list[str]:
-        """Labels the worst case is taken over: every attack, naive and adaptive."""
-        return list(self.attacks)
-
-    def accuracy(self, label: str) -> Tensor:
-        """Robust accuracy per eps ``[K]`` under one attack."""
-        if label not in self.robust:
-            raise ValueError(
-                f"no attack {label!r} in this curve; it has: {', '.join(self.attacks)}"
-            )
-        return self.robust[label].float().mean(dim=1)
-
-    def worst_case_robust(self) -> Tensor:
-        """``bool [K, N]``: robust under every attack (the per-sample worst case)."""
-        out = self.clean_correct.unsqueeze(0).expand(len(self.eps), -1).clone()
-        for label in self.headline_labels:
-            out &= self.robust[label]
-        return out
-
-    def worst_case(self) -> Tensor:
-        """Per-sample worst-case robust accuracy per eps ``[K]``."""
-        return self.worst_case_robust().float().mean(dim=1)
-
-    def total_cost(self) -> dict[str, float]:
-        """Cost summed over attacks."""
-        keys = ("wall_time", "n_forward", "n_backward")
-        return {k: float(sum(c.get(k, 0) for c in self.cost.values())) for k in keys}
-
-    def table(self) -> str:
-        """A text table: one row per eps, one column per attack, plus the worst case."""
-        cols = [*self.attacks, "worst_case"]
-        width = max(10, *(len(c) for c in cols))
-        head = f"{'eps':>8} " + " ".join(f"{c:>{width}}" for c in cols)
-        lines = [f"clean accuracy {self.clean_accuracy:.2%} on {self.n_examples} samples", head]
-        accs = [self.accuracy(a) for a in self.attacks] + [self.worst_case()]
-        for k, e in enumerate(self.eps.tolist()):
-            lines.append(f"{e:>8.4g} " + " ".join(f"{float(a[k]):>{width}.2%}" for a in accs))
-        return "\n".join(lines)
-
-    def plot(self, path: str | None = None, title: str | None = None) -> Any:
-        """Accuracy vs eps, one line per attack (naive dashed, adaptive solid), worst case bold."""
-        from matplotlib.figure import Figure
-
-        fig = Figure(figsize=(6, 4), dpi=120)
-        ax = fig.add_subplot()
-        eps = [0.0, *self.eps.tolist()]
-        for label in self.attacks:
-            naive = f"{label}{ADAPTIVE_SUFFIX}" in self.robust
-            acc = [self.clean_accuracy, *self.accuracy(label).tolist()]
-            ax.plot(eps, acc, "--" if naive else "-", marker="o", ms=3, label=label)
-        ax.plot(
-            eps,
-            [self.clean_accuracy, *self.worst_case().tolist()],
-            "k-",
-            lw=2.5,
-            label="worst case",
-        )
-        ax.set(xlabel=f"eps ({self.norm})", ylabel="accuracy", ylim=(-0.02, 1.02))
-        ax.set_title(title or f"Robustness curve ({self.n_examples} samples)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        if path is not None:
-            fig.savefig(path)
-        return fig
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict (robustness matrices as lists of 0/1)."""
-        return {
-            "eps": self.eps.tolist(),
-            "attacks": list(self.attacks),
-            "robust": {k: v.int().tolist() for k, v in self.robust.items()},
-            "clean_correct": self.clean_correct.int().tolist(),
-            "indices": self.indices.tolist(),
-            "cost": self.cost,
-            "seed": self.seed,
-            "norm": self.norm,
-            "health": [h.to_dict() for h in self.health],
-            "attack_configs": self.attack_configs,
-            "accuracy": {k: self.accuracy(k).tolist() for k in self.attacks},
-            "worst_case": self.worst_case().tolist(),
-            "clean_accuracy": self.clean_accuracy,
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Curve:
-        """Rebuild a curve from :meth:`to_dict` output."""
-        return cls(
-            eps=torch.tensor(d["eps"], dtype=torch.float64),
-            attacks=list(d["attacks"]),
-            robust={k: torch.tensor(v, dtype=torch.bool) for k, v in d["robust"].items()},
-            clean_correct=torch.tensor(d["clean_correct"], dtype=torch.bool),
-            indices=torch.tensor(d["indices"], dtype=torch.long),
-            cost=dict(d.get("cost", {})),
-            seed=int(d.get("seed", 0)),
-            norm=str(d.get("norm", "linf")),
-            health=[Flag.from_dict(h) for h in d.get("health", [])],
-            attack_configs=dict(d.get("attack_configs", {})),
-        )
 
 
 def resolve_attacks(spec: AttackSpec, seed: int = 0) -> dict[str, atk_lib.Attack]:
@@ -207,24 +73,79 @@ def _validate_grid(eps: Any) -> list[float]:
     return grid
 
 
-def _batches(data: DataLike, indices: Tensor, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield ``(x, y)`` batches of the selected samples, loading one batch at a time."""
-    for chunk in indices.split(batch_size):
-        yield tensors_of(data, chunk)
+class Run(NamedTuple):
+    """One row of a curve: an attack and the model it attacks (the BPDA/EOT one if adaptive)."""
+
+    label: str
+    attack: atk_lib.Attack
+    model: nn.Module
 
 
-def _evaluators(
-    model: nn.Module, attacks: dict[str, atk_lib.Attack], adaptive: bool | str
-) -> list[tuple[str, atk_lib.Attack, nn.Module]]:
-    """``(label, attack, model to attack)`` triples, adding adaptive runs where needed."""
+def attack_runs(
+    model: nn.Module, attacks: Mapping[str, atk_lib.Attack], adaptive: bool | str = "auto"
+) -> list[Run]:
+    """The runs of a curve: every attack on the model, plus adaptive runs where needed.
+
+    Raises:
+        ValueError: ``adaptive`` is not True, False or ``"auto"``.
+    """
     if adaptive not in (True, False, "auto"):
         raise ValueError(f"adaptive must be True, False or 'auto', got {adaptive!r}")
     use = adaptive is True or (adaptive == "auto" and atk_lib.needs_adaptive(model))
-    out = [(label, a, model) for label, a in attacks.items()]
+    out = [Run(label, a, model) for label, a in attacks.items()]
     if use:
         wrapped = atk_lib.adaptive_model(model)
-        out += [(f"{label}{ADAPTIVE_SUFFIX}", a, wrapped) for label, a in attacks.items()]
+        out += [Run(f"{label}{ADAPTIVE_SUFFIX}", a, wrapped) for label, a in attacks.items()]
     return out
+
+
+def _select_samples(data: DataLike, n_examples: int | None, seed: int) -> Tensor:
+    """Dataset indices to evaluate: all, or a fixed subset of ``n_examples`` chosen by ``seed``.
+
+    Raises:
+        ValueError: ``n_examples`` is not in ``[1, len(data)]``.
+    """
+    total = len(data[0]) if isinstance(data, tuple) else len(data)
+    n = total if n_examples is None else int(n_examples)
+    if not 0 < n <= total:
+        raise ValueError(
+            f"n_examples={n_examples} but the data has {total} samples; "
+            f"pass 0 < n_examples <= {total}"
+        )
+    return sample_indices(total, n, seed) if n < total else torch.arange(total)
+
+
+def _batches(
+    data: DataLike, indices: Tensor, batch_size: int, device: torch.device
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield ``(x, y)`` batches of the selected samples on ``device``, one batch at a time."""
+    for chunk in indices.split(batch_size):
+        x, y = tensors_of(data, chunk)
+        yield x.to(device), y.to(device=device, dtype=torch.long)
+
+
+@dataclass
+class _Tally:
+    """What the batches add up to: per-run robustness and cost, clean correctness, health."""
+
+    robust: dict[str, list[Tensor]]
+    cost: dict[str, dict[str, float]]
+    clean: list[Tensor] = field(default_factory=list)
+    health: list[Flag] = field(default_factory=list)
+    first: tuple[Tensor, Tensor] | None = None
+
+    @classmethod
+    def start(cls, runs: Sequence[Run]) -> _Tally:
+        zero = {"wall_time": 0.0, "n_forward": 0, "n_backward": 0}
+        return cls({r.label: [] for r in runs}, {r.label: dict(zero) for r in runs})
+
+    def add(self, label: str, res: atk_lib.AttackResult) -> None:
+        """Record one run's result on one batch."""
+        self.robust[label].append((~res.success).cpu())
+        acc = self.cost[label]
+        acc["wall_time"] += res.wall_time
+        acc["n_forward"] += res.n_forward
+        acc["n_backward"] += res.n_backward
 
 
 def robustness_curve(
@@ -267,74 +188,76 @@ def robustness_curve(
     """
     grid = _validate_grid(eps)
     attack_map = resolve_attacks(attacks, seed)
-    x_all_len = len(data[0]) if isinstance(data, tuple) else len(data)
-    n = x_all_len if n_examples is None else int(n_examples)
-    if not 0 < n <= x_all_len:
-        raise ValueError(
-            f"n_examples={n_examples} but the data has {x_all_len} samples; "
-            f"pass 0 < n_examples <= {x_all_len}"
-        )
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    indices = sample_indices(x_all_len, n, seed) if n < x_all_len else torch.arange(x_all_len)
+    check_positive_int("batch_size", batch_size)
+    indices = _select_samples(data, n_examples, seed)
+    runs = attack_runs(model, attack_map, adaptive)
     dev = torch.device(device) if device is not None else model_device(model)
-    runs = _evaluators(model, attack_map, adaptive)
     torch.manual_seed(seed)
-    robust: dict[str, list[Tensor]] = {label: [] for label, _, _ in runs}
-    cost = {label: {"wall_time": 0.0, "n_forward": 0, "n_backward": 0} for label, _, _ in runs}
-    clean: list[Tensor] = []
-    pre_flags: list[Flag] = []
-    first: tuple[Tensor, Tensor] | None = None
-    n_batches = (n + batch_size - 1) // batch_size
-    bar = tqdm(
-        total=n_batches * len(runs), desc="robustness curve", disable=not progress, leave=False
-    )
-    for x, y in _batches(data, indices, batch_size):
-        x, y = x.to(dev), y.to(device=dev, dtype=torch.long)
-        if first is None:
-            first = (x[:100], y[:100])
-            if checks:
-                pre_flags = _preflight(model, x, y, attack_map)
-        with atk_lib.model_guard(model, eval_mode=True), torch.no_grad():
-            clean.append((model(x).argmax(1) == y).cpu())
-        for label, attack, target in runs:
-            bar.set_postfix_str(label)
-            res = attack(target, x, y, eps=grid)
-            robust[label].append((~res.success).cpu())
-            _add_cost(cost[label], res)
-            bar.update()
-    bar.close()
-    curve = Curve(
-        eps=torch.tensor(grid, dtype=torch.float64),
-        attacks=[label for label, _, _ in runs],
-        robust={k: torch.cat(v, dim=1) for k, v in robust.items()},
-        clean_correct=torch.cat(clean),
-        indices=indices,
-        cost=cost,
-        seed=seed,
-        norm=next(iter(attack_map.values())).norm.value,
-        attack_configs={label: a.config() for label, a, _ in runs},
-    )
-    curve.health = pre_flags
-    if checks and first is not None:
-        curve.health += masking_checks(curve, model, *first, attack_map, **dict(check_kwargs or {}))
+    tally = _Tally.start(runs)
+    with _progress_bar(len(indices), batch_size, runs, progress) as bar:
+        for x, y in _batches(data, indices, batch_size, dev):
+            if tally.first is None:
+                tally.first = (x[:100], y[:100])
+                tally.health = _preflight(model, x, y, attack_map) if checks else []
+            _evaluate_batch(model, runs, x, y, grid, tally, bar)
+    curve = _assemble(tally, runs, grid, indices, seed)
+    if checks and tally.first is not None:
+        curve.health += masking_checks(
+            curve, model, *tally.first, attack_map, **(check_kwargs or {})
+        )
     logger.info("robustness curve done:\n%s", curve.table())
     return curve
 
 
+def _progress_bar(n: int, batch_size: int, runs: Sequence[Run], show: bool) -> tqdm:
+    """A bar over every (batch, run) pair of the evaluation."""
+    total = -(-n // batch_size) * len(runs)
+    return tqdm(total=total, desc="robustness curve", disable=not show, leave=False)
+
+
 def _preflight(
-    model: nn.Module, x: Tensor, y: Tensor, attack_map: dict[str, atk_lib.Attack]
+    model: nn.Module, x: Tensor, y: Tensor, attack_map: Mapping[str, atk_lib.Attack]
 ) -> list[Flag]:
-    """Run the preflight checks; raise on an error-level failure."""
+    """Run the preflight checks on the first batch; raise on an error-level failure."""
     flags = preflight(model, x, y, next(iter(attack_map.values())).bounds)
     raise_on_errors(flags)
     return flags
 
 
-def _add_cost(acc: dict[str, float], res: atk_lib.AttackResult) -> None:
-    acc["wall_time"] += res.wall_time
-    acc["n_forward"] += res.n_forward
-    acc["n_backward"] += res.n_backward
+def _evaluate_batch(
+    model: nn.Module,
+    runs: Sequence[Run],
+    x: Tensor,
+    y: Tensor,
+    grid: list[float],
+    tally: _Tally,
+    bar: tqdm,
+) -> None:
+    """Clean correctness and every run's attack over the whole grid on one batch."""
+    with atk_lib.model_guard(model, eval_mode=True), torch.no_grad():
+        tally.clean.append((model(x).argmax(1) == y).cpu())
+    for run in runs:
+        bar.set_postfix_str(run.label)
+        tally.add(run.label, run.attack(run.model, x, y, eps=grid))
+        bar.update()
 
 
-__all__ = ["ADAPTIVE_SUFFIX", "Curve", "resolve_attacks", "robustness_curve"]
+def _assemble(
+    tally: _Tally, runs: Sequence[Run], grid: list[float], indices: Tensor, seed: int
+) -> Curve:
+    """The curve of the batches' results (health: the preflight's flags so far)."""
+    return Curve(
+        eps=torch.tensor(grid, dtype=torch.float64),
+        attacks=[r.label for r in runs],
+        robust={k: torch.cat(v, dim=1) for k, v in tally.robust.items()},
+        clean_correct=torch.cat(tally.clean),
+        indices=indices,
+        cost=tally.cost,
+        seed=seed,
+        norm=runs[0].attack.norm.value,
+        health=list(tally.health),
+        attack_configs={r.label: r.attack.config() for r in runs},
+    )
+
+
+__all__ = ["ADAPTIVE_SUFFIX", "Curve", "Run", "attack_runs", "resolve_attacks", "robustness_curve"]

@@ -1,8 +1,10 @@
-"""The health vocabulary: :class:`Flag`, severities and the names of the checks.
+"""The health vocabulary: :class:`Flag`, severities and the adaptive-run label suffix.
 
-Both the robustness curve (:mod:`robustbench_local.evaluate`) and the checks
-(:mod:`robustbench_local.checks`) speak this vocabulary, and the gates, the benchmark and the
-experiments read it; it lives here so that none of them imports another to get it.
+The robustness curve (:mod:`robustbench_local.curve`), the evaluation
+(:mod:`robustbench_local.evaluate`) and the checks (:mod:`robustbench_local.checks`) speak this
+vocabulary, and the gates, the benchmark and the experiments read it; it lives here so that
+none of them imports another to get it. The checks' names and kinds live in their registry
+(:mod:`robustbench_local.checks.registry`), which imports this module, never the reverse.
 """
 
 from __future__ import annotations
@@ -18,35 +20,14 @@ ADAPTIVE_SUFFIX = "+adaptive"
 Severity = Literal["info", "warning", "error"]
 SEVERITIES = ("info", "warning", "error")
 
-GRADIENT_MASKING_FLAGS: tuple[str, ...] = (
-    "monotone",
-    "near_chance_at_large_eps",
-    "iterative_beats_single_step",
-    "apgd_vs_pgd",
-    "more_steps_stable",
-    "gradients_nonzero",
-)
-"""Flags whose failure suggests gradient masking or a too-weak attack."""
-
-NONDETERMINISM_FLAGS: tuple[str, ...] = ("deterministic", "batch_size_invariance", "eval_mode")
-"""Flags whose failure means the model's outputs are not a function of its input alone."""
-
-PREFLIGHT_FLAGS: tuple[str, ...] = (
-    "inputs_in_bounds",
-    "logits_not_probabilities",
-    "labels_in_range",
-    "eval_mode",
-    "deterministic",
-    "batch_size_invariance",
-)
-
 
 @dataclass
 class Flag:
     """The result of one health check.
 
     Attributes:
-        name: The check's name (see :data:`GRADIENT_MASKING_FLAGS`, :data:`PREFLIGHT_FLAGS`).
+        name: The check's name (see :data:`robustbench_local.checks.PREFLIGHT_FLAGS` and
+            :data:`robustbench_local.checks.GRADIENT_MASKING_FLAGS`).
         ok: True if the check passed.
         severity: ``"info"`` (passed or harmless), ``"warning"`` (results may be unreliable) or
             ``"error"`` (the evaluation would be meaningless; ``robustness_curve`` raises).
@@ -116,9 +97,6 @@ def raise_on_errors(flags: list[Flag], what: str = "the model fails the prefligh
 
 __all__ = [
     "ADAPTIVE_SUFFIX",
-    "GRADIENT_MASKING_FLAGS",
-    "NONDETERMINISM_FLAGS",
-    "PREFLIGHT_FLAGS",
     "SEVERITIES",
     "Flag",
     "Severity",

@@ -22,6 +22,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
+from attacks.registry import Registry
 from robustbench_local import data
 from robustbench_local.data import (
     ChecksumError,
@@ -122,6 +123,21 @@ def test_names_and_info():
         load_dataset("mnist", base_url="ftp://example.org")
 
 
+def test_each_dataset_registers_once_with_its_spec():
+    for name in dataset_names():
+        spec = data.DATASETS.metadata(name)["spec"]
+        assert spec.name == name and data.dataset_spec(name) == spec == data.SPECS[name]
+        assert dataset_info(name) == spec.info
+    mnist = data.dataset_spec("mnist")
+    assert {f.name: f.md5 for f in mnist.files} == MNIST_MD5
+    assert data.dataset_spec("digits").files == ()  # bundled with scikit-learn
+    assert list(data.SPECS) == dataset_names() and len(data.SPECS) == 4
+    with pytest.raises(TypeError):
+        data.SPECS["mnist"] = mnist  # a view of the registry, not a second table
+    with pytest.raises(KeyError):
+        data.SPECS["mnsit"]
+
+
 # --------------------------------------------------------------------------- digits
 
 
@@ -196,9 +212,9 @@ def test_fashion_mnist_from_mirror(mnist_dir):
 def test_env_var_mirror_and_memory_cache(mnist_dir, monkeypatch):
     monkeypatch.setenv("ROBUSTBENCH_LOCAL_DATA_DIR", str(mnist_dir))
     _, first = load_dataset("mnist", download=False)
-    hits = data._decode_idx.cache_info().hits
+    hits = data.idx._decode_idx.cache_info().hits
     _, second = load_dataset("mnist", download=False)
-    assert data._decode_idx.cache_info().hits == hits + 1  # decoded once per process
+    assert data.idx._decode_idx.cache_info().hits == hits + 1  # decoded once per process
     assert torch.equal(first.tensors[0], second.tensors[0])
     first.tensors[0].zero_()  # callers own their tensors
     assert float(load_dataset("mnist", download=False)[1].tensors[0].max()) == 1.0
@@ -395,13 +411,18 @@ def test_cifar10_rejects_code_in_pickles_and_bad_layout(tmp_path):
 
 @pytest.fixture
 def tiny_cifar(tmp_path, monkeypatch) -> tuple[Path, dict[str, np.ndarray]]:
-    """A tiny archive at ``<mirror>/cifar10/`` and its checksum injected into the spec table."""
+    """A tiny archive at ``<mirror>/cifar10/``; cifar10 re-registered with its checksum."""
     archive = tmp_path / "mirror" / "cifar10" / data.CIFAR10_FILE
     archive.parent.mkdir(parents=True)
     expected = make_cifar_archive(archive)
-    spec = data.SPECS["cifar10"]
     file = data.FileSpec(data.CIFAR10_FILE, md5(archive), archive.stat().st_size)
-    monkeypatch.setitem(data.SPECS, "cifar10", dataclasses.replace(spec, files=(file,)))
+    registry = Registry("dataset")
+    for name in data.dataset_names():
+        spec = data.dataset_spec(name)
+        if name == "cifar10":
+            spec = dataclasses.replace(spec, files=(file,))
+        registry.register(name, spec=spec)(data.DATASETS.get(name))
+    monkeypatch.setattr(data, "DATASETS", registry)
     return archive.parents[1], expected
 
 

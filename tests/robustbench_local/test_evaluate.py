@@ -10,7 +10,7 @@ from torch.utils.data import TensorDataset
 
 import attacks
 import defenses
-from robustbench_local.evaluate import Curve, robustness_curve
+from robustbench_local.evaluate import Curve, attack_runs, robustness_curve
 
 EPS = [0.05, 0.1, 0.2, 0.3]
 
@@ -68,20 +68,18 @@ def test_n_examples_selects_a_fixed_subset(digits_model, test_set):
 
 
 def test_minimum_norm_attack_is_thresholded(digits_model, test_set):
-    if "cw_l2" not in attacks.names():
-        pytest.skip("cw_l2 not registered")
     cw = attacks.create("cw_l2", steps=30, binary_search_steps=3)
+    grid = [0.25, 0.5, 1.0]
     c = robustness_curve(
-        digits_model,
-        test_set,
-        {"cw": cw},
-        [0.5, 1.0, 2.0],
-        n_examples=50,
-        checks=False,
-        progress=False,
+        digits_model, test_set, {"cw": cw}, grid, n_examples=50, checks=False, progress=False
     )
+    x, y = test_set.tensors
+    res = cw(digits_model, x[c.indices], y[c.indices])  # one run, minimal norms [N]
+    for k, e in enumerate(grid):
+        expected = res.clean_correct & ~(res.norms <= e)
+        assert torch.equal(c.robust["cw"][k], expected)
     acc = c.accuracy("cw")
-    assert (acc[1:] <= acc[:-1]).all()
+    assert (acc[1:] <= acc[:-1]).all() and float(acc[-1]) < float(acc[0])
 
 
 def test_adaptive_runs_for_non_differentiable_defense(digits_model, test_set):
@@ -92,13 +90,26 @@ def test_adaptive_runs_for_non_differentiable_defense(digits_model, test_set):
     assert torch.equal(c.worst_case(), torch.minimum(c.accuracy("pgd"), c.accuracy("pgd+adaptive")))
 
 
-def test_json_round_trip_table_and_plot(digits_model, test_set, tmp_path):
-    c = curve_of(digits_model, test_set, names=("fgsm",), n_examples=50)
+def test_curve_records_configs_health_and_json(digits_model, test_set):
+    c = robustness_curve(digits_model, test_set, ["fgsm"], EPS, n_examples=50, progress=False)
+    assert c.attack_configs["fgsm"]["name"] == "fgsm" and c.norm == "linf"
+    assert [f.name for f in c.health][:2] == ["inputs_in_bounds", "logits_not_probabilities"]
     c2 = Curve.from_dict(json.loads(json.dumps(c.to_dict())))
-    assert torch.equal(c2.worst_case(), c.worst_case())
-    assert "worst_case" in c.table()
-    c.plot(tmp_path / "curve.png")
-    assert (tmp_path / "curve.png").stat().st_size > 1000
+    assert torch.equal(c2.worst_case(), c.worst_case()) and c2.health == c.health
+
+
+def test_runs_add_adaptive_rows_only_where_asked(digits_model):
+    pgd = attacks.create("pgd")
+    assert [r.label for r in attack_runs(digits_model, {"pgd": pgd})] == ["pgd"]
+    runs = attack_runs(digits_model, {"pgd": pgd}, adaptive=True)
+    assert [r.label for r in runs] == ["pgd", "pgd+adaptive"]
+    guarded = defenses.create("bit_depth", bits=2).wrap(digits_model)
+    runs = attack_runs(guarded, {"pgd": pgd})  # "auto": the denoiser is non-differentiable
+    assert [r.label for r in runs] == ["pgd", "pgd+adaptive"]
+    assert runs[0].model is guarded and runs[1].model is not guarded
+    assert [r.label for r in attack_runs(guarded, {"pgd": pgd}, adaptive=False)] == ["pgd"]
+    with pytest.raises(ValueError, match="adaptive must be"):
+        attack_runs(digits_model, {"pgd": pgd}, adaptive="yes")
 
 
 @pytest.mark.parametrize(
@@ -109,6 +120,8 @@ def test_json_round_trip_table_and_plot(digits_model, test_set, tmp_path):
         ({"n_examples": 10_000}, "n_examples"),
         ({"attacks": []}, "no attacks"),
         ({"attacks": ["pgdd"]}, "Known attacks"),
+        ({"batch_size": 0}, "batch_size must be a positive integer"),
+        ({"n_examples": 0}, "n_examples"),
     ],
 )
 def test_bad_input(digits_model, test_set, kw, match):

@@ -126,6 +126,15 @@ def test_bad_options(kw, match):
         create_model("wide_resnet", **kw)
 
 
+def test_option_types_are_checked_like_everywhere_else():
+    with pytest.raises(TypeError, match="dropout must be a number"):
+        create_model("digits_mlp", dropout="0.5")
+    with pytest.raises(ValueError, match="num_classes must be an integer >= 2, got True"):
+        create_model("digits_mlp", num_classes=True)
+    with pytest.raises(ValueError, match="depth must be 6n\\+4"):
+        create_model("wide_resnet", depth=4)
+
+
 def test_unknown_option_and_wrong_dataset():
     with pytest.raises(TypeError, match=r"does not take depth.*accepts"):
         create_model("mnist_cnn", depth=3)
@@ -252,5 +261,8 @@ def test_missing_file_and_bad_save_arguments(tmp_path):
     assert not (tmp_path / "q.pt").exists()
 
 
-def test_models_module_exports():
+def test_models_package_keeps_its_public_names():
     assert models.MODELS.names() == model_names()
+    assert models.save_checkpoint.__module__ == "robustbench_local.models.checkpoints"
+    assert models.create_model.__module__ == "robustbench_local.models.zoo"
+    assert models.WideBasicBlock is models.PreActBlock
