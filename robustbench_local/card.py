@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import re
 from collections.abc import Mapping
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from defenses.storage import atomic_write_text
+from robustbench_local.gates.stats import wilson_interval
 
 THREAT_MODELS = ("linf", "l2")
 REPORTED_BY_PAPER = "reported by paper"
@@ -41,29 +41,12 @@ def check_threat_model(threat_model: str) -> str:
     return threat_model
 
 
-# The one Wilson interval of the cards. To be replaced by the gates' statistics
-# (robustbench_local.gates.stats) once that package lands: only this function changes.
-def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (default 95%), as fractions in [0, 1].
-
-    Raises:
-        ValueError: ``n < 1`` or ``successes`` outside ``[0, n]``.
-
-    References:
-        Wilson, "Probable inference, the law of succession, and statistical inference",
-        JASA 1927.
-    """
-    if n < 1 or not 0 <= successes <= n:
-        raise ValueError(f"need 0 <= successes <= n and n >= 1, got {successes} of {n}")
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def percent_interval(successes: int, n: int) -> tuple[float, float]:
-    """The 95% Wilson interval in percent, rounded to two decimals, as cards store it."""
+    """The two-sided 95% Wilson interval in percent, rounded to two decimals, as cards store it.
+
+    The interval is the gates' (:func:`robustbench_local.gates.stats.wilson_interval`), the one
+    Wilson interval of the project.
+    """
     lo, hi = wilson_interval(successes, n)
     return round(100 * lo, 2), round(100 * hi, 2)
 

@@ -19,10 +19,11 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from defenses.data import tensors_of
+from robustbench_local.checks import GRADIENT_MASKING_FLAGS, NONDETERMINISM_FLAGS
 from robustbench_local.gates.errors import GateConfigError
 from robustbench_local.gates.results import GateResult, make_rows
 from robustbench_local.gates.spec import GateSpec
-from robustbench_local.health import GRADIENT_MASKING_FLAGS, NONDETERMINISM_FLAGS, Flag
+from robustbench_local.health import Flag
 
 if TYPE_CHECKING:
     import torch
