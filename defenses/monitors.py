@@ -33,7 +33,10 @@ BEST_CHECKPOINT = "best.pt"
 
 
 class RobustMonitor(Plugin):
-    """Measures PGD accuracy on a fixed validation subset at the end of epochs.
+    """Measures PGD accuracy on a fixed validation subset at the end of epochs; keeps the best.
+
+    Subclasses decide when to measure and what to do with the result; :meth:`keep_best` records
+    the best accuracy and weights, which :meth:`state_dict` carries through checkpoints.
 
     Args:
         eps: linf (or l2) budget; ``0`` measures clean accuracy.
@@ -81,6 +84,9 @@ class RobustMonitor(Plugin):
         )
         self._x: Tensor | None = None
         self._y: Tensor | None = None
+        self.best = -1.0
+        self.best_epoch = -1
+        self.best_state: dict[str, Tensor] | None = None
 
     def on_fit_start(self, state: TrainState) -> None:
         """Fix the validation subset (needs a validation set)."""
@@ -110,6 +116,21 @@ class RobustMonitor(Plugin):
             res = self.attack(model, x, y, eps=self.eps)
             correct += int((~res.success).sum())
         return correct / self._x.shape[0]
+
+    def keep_best(self, state: TrainState, epoch: int, acc: float) -> None:
+        """Record ``acc`` after ``epoch`` as the best so far, with a CPU copy of the weights."""
+        self.best, self.best_epoch = acc, epoch
+        self.best_state = state_to_cpu(state.model)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The best accuracy, its epoch and its weights."""
+        return {"best": self.best, "best_epoch": self.best_epoch, "best_state": self.best_state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.best = float(state["best"])
+        self.best_epoch = int(state["best_epoch"])
+        self.best_state = state["best_state"]
 
 
 class RobustEarlyStopping(RobustMonitor):
@@ -146,10 +167,7 @@ class RobustEarlyStopping(RobustMonitor):
         self.patience = None if patience is None else check_positive_int("patience", patience)
         self.min_delta = check_number("min_delta", min_delta)
         self.restore_best = bool(restore_best)
-        self.best = -1.0
-        self.best_epoch = -1
         self.bad_evals = 0
-        self.best_state: dict[str, Tensor] | None = None
 
     def on_epoch_end(self, state: TrainState, epoch: int, metrics: dict[str, float]) -> None:
         """Evaluate, keep the best weights, count evaluations without improvement."""
@@ -158,8 +176,8 @@ class RobustEarlyStopping(RobustMonitor):
         acc = self.measure(state.model, state.device)
         metrics[self.metric] = acc
         if acc > self.best + self.min_delta:
-            self.best, self.best_epoch, self.bad_evals = acc, epoch, 0
-            self.best_state = state_to_cpu(state.model)
+            self.keep_best(state, epoch, acc)
+            self.bad_evals = 0
             if state.checkpoint_dir is not None:
                 payload = {"model": self.best_state, "epoch": epoch, self.metric: acc}
                 atomic_torch_save(payload, state.checkpoint_dir / BEST_CHECKPOINT)
@@ -191,19 +209,12 @@ class RobustEarlyStopping(RobustMonitor):
 
     def state_dict(self) -> dict[str, Any]:
         """Best accuracy, its epoch and weights, and the patience counter."""
-        return {
-            "best": self.best,
-            "best_epoch": self.best_epoch,
-            "bad_evals": self.bad_evals,
-            "best_state": self.best_state,
-        }
+        return {**super().state_dict(), "bad_evals": self.bad_evals}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
-        self.best = float(state["best"])
-        self.best_epoch = int(state["best_epoch"])
+        super().load_state_dict(state)
         self.bad_evals = int(state["bad_evals"])
-        self.best_state = state["best_state"]
 
 
 class OverfitGuard(RobustMonitor):
@@ -253,9 +264,6 @@ class OverfitGuard(RobustMonitor):
         self.floor = check_number("floor", floor, high=1.0)
         self.action = action
         self.lr_factor = check_number("lr_factor", lr_factor, low_open=True, high=1.0)
-        self.best = -1.0
-        self.best_epoch = -1
-        self.best_state: dict[str, Tensor] | None = None
         self.rollbacks = 0
 
     def collapsed(self, acc: float) -> bool:
@@ -273,8 +281,7 @@ class OverfitGuard(RobustMonitor):
             self._rollback(state, epoch, acc)
             metrics["guard_rollback"] = 1.0
         elif acc > self.best:
-            self.best, self.best_epoch = acc, epoch
-            self.best_state = state_to_cpu(state.model)
+            self.keep_best(state, epoch, acc)
         metrics["guard_best_pgd_acc"] = self.best
 
     def _rollback(self, state: TrainState, epoch: int, acc: float) -> None:
@@ -299,18 +306,11 @@ class OverfitGuard(RobustMonitor):
 
     def state_dict(self) -> dict[str, Any]:
         """Best accuracy, epoch and weights, and the rollback count."""
-        return {
-            "best": self.best,
-            "best_epoch": self.best_epoch,
-            "best_state": self.best_state,
-            "rollbacks": self.rollbacks,
-        }
+        return {**super().state_dict(), "rollbacks": self.rollbacks}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
-        self.best = float(state["best"])
-        self.best_epoch = int(state["best_epoch"])
-        self.best_state = state["best_state"]
+        super().load_state_dict(state)
         self.rollbacks = int(state["rollbacks"])
 
 

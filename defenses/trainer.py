@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from attacks.validation import check_number, check_positive_int
-from defenses.checkpoints import LAST_CHECKPOINT, restore_last, save_last
+from defenses.checkpoints import restore_last, save_last
 from defenses.data import check_dataset, make_loader, model_device
 from defenses.plugins import Plugin, TrainState
 from defenses.schedules import SCHEDULES, LRSchedule
@@ -394,15 +394,10 @@ class Trainer:
 
 
 __all__ = [
-    "LAST_CHECKPOINT",
     "OPTIMIZERS",
-    "SCHEDULES",
     "BatchFn",
     "Callback",
     "FitOptions",
-    "LRSchedule",
-    "Plugin",
-    "TrainState",
     "Trainer",
     "cross_entropy_batch",
     "evaluate_clean",
