@@ -126,11 +126,7 @@ def _results(
     cfg: DictConfig, curves: dict[str, rbl.Curve], model: nn.Module, out: Path, data: Any
 ) -> Results:
     first = next(iter(curves.values()))
-    health = [
-        {"norm": norm, **(h.to_dict() if hasattr(h, "to_dict") else dict(h))}
-        for norm, c in curves.items()
-        for h in c.health
-    ]
+    health = [{"norm": norm, **h.to_dict()} for norm, c in curves.items() for h in c.health]
     manifest = {
         "seed": cfg.seed,
         "device": str(pipeline.resolve_device(cfg.device)),
