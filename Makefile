@@ -1,6 +1,7 @@
 # One command per job; each installs what it needs into .venv first.
-#   make test    run the test suite (what CI runs)
-#   make run     run the default experiment offline, then print how to open MLflow
+#   make test       run the test suite (what CI runs)
+#   make test-fast  the quick loop: every test not marked slow (MNIST training, multiruns)
+#   make run        run the default experiment offline, then print how to open MLflow
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip

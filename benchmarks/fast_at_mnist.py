@@ -17,7 +17,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -31,6 +30,7 @@ import attacks
 import defenses
 import robustbench_local as rbl
 from benchmarks._common import default_data_dir
+from defenses.storage import atomic_write_json
 
 PAPER = {"clean": 0.985, "pgd": 0.8877}
 
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     x, y = test.tensors
     result = evaluate(model, x[: args.n_test], y[: args.n_test], args)
     result |= {"train_time_s": train_time, "epochs": args.epochs, "restarts": args.restarts}
-    (out / "results.json").write_text(json.dumps({"result": result, "history": history}, indent=2))
+    atomic_write_json(out / "results.json", {"result": result, "history": history}, indent=2)
     print(f"\nfgsm_at on MNIST, mnist_small_cnn, {args.epochs} epochs ({train_time:.0f} s)")
     print(f"{'':<26}{'clean':>8}{f'PGD-{args.steps} x{args.restarts}':>14}")
     print(f"{'this run (test n=' + str(args.n_test) + ')':<26}{result['clean']:>8.2%}", end="")

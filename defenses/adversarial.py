@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -39,8 +39,10 @@ import attacks
 from attacks.base import AttackContext, check_inputs, model_guard
 from attacks.threat import Norm, normalize_gradient, project_and_clip, random_start
 from attacks.validation import check_number, check_positive_int
-from defenses.regularization import RegularizedDefense, RobustMonitor
-from defenses.training import DEFENSES, Plugin, TrainState, state_to_cpu
+from defenses.monitors import OverfitGuard
+from defenses.registry import register_defense
+from defenses.regularization import RegularizedDefense
+from defenses.training import Plugin
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +94,10 @@ def perturb(
 class AdversarialTraining(RegularizedDefense):
     """Shared settings of the adversarial-training defenses.
 
+    Trainer defaults: 10 epochs of batch 100, Adam at 1e-3 (subclasses may change them).
+
     Args:
-        eps: Training budget in input units (> 0).
+        eps: Training budget in input units (> 0; default 0.3, the MNIST budget).
         norm: ``"linf"`` or ``"l2"``.
         mix: Fraction of each batch replaced by adversarial examples (``1.0``: all, as Madry
             et al.; ``0.5``: half, like Goodfellow et al.'s mixed objective).
@@ -103,11 +107,17 @@ class AdversarialTraining(RegularizedDefense):
     """
 
     name = "adversarial"
+    trainer_defaults: ClassVar[dict[str, Any]] = {
+        "epochs": 10,
+        "batch_size": 100,
+        "optimizer": "adam",
+        "lr": 1e-3,
+    }
 
     def __init__(
         self,
         *,
-        eps: float,
+        eps: float = 0.3,
         norm: str = "linf",
         mix: float = 1.0,
         eval_mode: bool = True,
@@ -145,7 +155,7 @@ class AdversarialTraining(RegularizedDefense):
 # --------------------------------------------------------------------------- PGD-AT
 
 
-@DEFENSES.register("pgd_at")
+@register_defense("pgd_at", kind="training")
 class PGDAT(AdversarialTraining):
     """PGD adversarial training: minimise the loss on PGD examples (Madry et al. 2018).
 
@@ -173,15 +183,10 @@ class PGDAT(AdversarialTraining):
     def __init__(
         self,
         *,
-        eps: float = 0.3,
         steps: int = 40,
         step_size: float | None = 0.01,
         rel_step_size: float | None = None,
         random_start: bool = True,
-        epochs: int = 10,
-        batch_size: int = 100,
-        optimizer: str = "adam",
-        lr: float = 1e-3,
         **kwargs: Any,
     ) -> None:
         self.steps = check_positive_int("steps", steps)
@@ -190,9 +195,7 @@ class PGDAT(AdversarialTraining):
             raise ValueError(f"step_size (alpha) must be > 0, got {step_size!r}")
         self.rel_step_size = rel_step_size
         self.random_start = bool(random_start)
-        super().__init__(
-            eps=eps, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, **kwargs
-        )
+        super().__init__(**kwargs)
 
     def make_attack(self) -> attacks.Attack:
         """PGD with ``early_stop=False`` (full-strength examples)."""
@@ -212,115 +215,7 @@ class PGDAT(AdversarialTraining):
 # --------------------------------------------------------------------------- FGSM-AT
 
 
-class OverfitGuard(RobustMonitor):
-    """Catastrophic-overfitting guard for single-step adversarial training.
-
-    After every epoch it measures PGD accuracy on a fixed held-out batch. FGSM training can
-    suddenly lose all robustness to PGD within an epoch ("catastrophic overfitting"); when the
-    accuracy drops more than ``drop`` below the best seen (or to ``floor`` or less after having
-    been above it), the guard restores the best weights and then either stops training
-    (``action="stop"``, Wong et al.'s early stopping) or multiplies the learning rate by
-    ``lr_factor`` and continues (``action="reduce_lr"``).
-
-    Metrics added: ``guard_pgd_acc``, ``guard_best_pgd_acc`` and ``guard_rollback`` (1 on the
-    epoch a rollback happened, else 0).
-
-    Args:
-        eps: Budget of the guard's PGD.
-        drop: Collapse threshold below the best accuracy (default 0.2 = 20 points).
-        floor: Accuracy at or below which robustness counts as collapsed (default 0.05).
-        action: ``"stop"`` or ``"reduce_lr"``.
-        lr_factor: Learning-rate multiplier for ``"reduce_lr"``.
-        **kwargs: :class:`~defenses.regularization.RobustMonitor` settings (``data``, ``n``,
-            ``steps``...).
-
-    References:
-        Wong, Rice & Kolter, "Fast is better than free: Revisiting adversarial training",
-        ICLR 2020, Section 5.
-
-    """
-
-    metric = "guard_pgd_acc"
-
-    def __init__(
-        self,
-        eps: float,
-        *,
-        drop: float = 0.2,
-        floor: float = 0.05,
-        action: str = "stop",
-        lr_factor: float = 0.5,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(eps, **kwargs)
-        if action not in ("stop", "reduce_lr"):
-            raise ValueError(f"guard action must be 'stop' or 'reduce_lr', got {action!r}")
-        self.drop = check_number("drop", drop, high=1.0)
-        self.floor = check_number("floor", floor, high=1.0)
-        self.action = action
-        self.lr_factor = check_number("lr_factor", lr_factor, low_open=True, high=1.0)
-        self.best = -1.0
-        self.best_epoch = -1
-        self.best_state: dict[str, Tensor] | None = None
-        self.rollbacks = 0
-
-    def collapsed(self, acc: float) -> bool:
-        """True when ``acc`` is a collapse relative to the best accuracy so far."""
-        if self.best < 0:
-            return False
-        return acc < self.best - self.drop or (acc <= self.floor < self.best)
-
-    def on_epoch_end(self, state: TrainState, epoch: int, metrics: dict[str, float]) -> None:
-        """Measure, then keep the best weights or roll back to them."""
-        acc = self.measure(state.model, state.device)
-        metrics[self.metric] = acc
-        metrics["guard_rollback"] = 0.0
-        if self.collapsed(acc):
-            self._rollback(state, epoch, acc)
-            metrics["guard_rollback"] = 1.0
-        elif acc > self.best:
-            self.best, self.best_epoch = acc, epoch
-            self.best_state = state_to_cpu(state.model)
-        metrics["guard_best_pgd_acc"] = self.best
-
-    def _rollback(self, state: TrainState, epoch: int, acc: float) -> None:
-        self.rollbacks += 1
-        logger.warning(
-            "catastrophic overfitting at epoch %d: PGD accuracy %.3f vs best %.3f (epoch %d); "
-            "rolling back to the best weights and %s",
-            epoch + 1,
-            acc,
-            self.best,
-            self.best_epoch + 1,
-            "stopping" if self.action == "stop" else f"scaling the lr by {self.lr_factor}",
-        )
-        state.model.load_state_dict(self.best_state)  # type: ignore[arg-type]
-        if self.action == "stop":
-            state.stop = True
-            return
-        sched = state.scheduler
-        sched.base_lrs = [lr * self.lr_factor for lr in sched.base_lrs]
-        for group in state.optimizer.param_groups:
-            group["lr"] *= self.lr_factor
-
-    def state_dict(self) -> dict[str, Any]:
-        """Best accuracy, epoch and weights, and the rollback count."""
-        return {
-            "best": self.best,
-            "best_epoch": self.best_epoch,
-            "best_state": self.best_state,
-            "rollbacks": self.rollbacks,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
-        self.best = float(state["best"])
-        self.best_epoch = int(state["best_epoch"])
-        self.best_state = state["best_state"]
-        self.rollbacks = int(state["rollbacks"])
-
-
-@DEFENSES.register("fgsm_at")
+@register_defense("fgsm_at", kind="training")
 class FGSMAT(AdversarialTraining):
     """Fast adversarial training with FGSM and a random start (FGSM-RS, Wong et al. 2020).
 
@@ -359,11 +254,16 @@ class FGSMAT(AdversarialTraining):
     """
 
     name = "fgsm_at"
+    trainer_defaults: ClassVar[dict[str, Any]] = {
+        **AdversarialTraining.trainer_defaults,
+        "lr": 5e-3,
+        "schedule": "cyclic",
+        "peak": 0.4,
+    }
 
     def __init__(
         self,
         *,
-        eps: float = 0.3,
         alpha: float = 0.375,
         clip_start: bool = False,
         guard: bool = True,
@@ -371,12 +271,6 @@ class FGSMAT(AdversarialTraining):
         guard_steps: int = 10,
         guard_drop: float = 0.2,
         guard_action: str = "stop",
-        epochs: int = 10,
-        batch_size: int = 100,
-        optimizer: str = "adam",
-        lr: float = 5e-3,
-        schedule: str = "cyclic",
-        peak: float = 0.4,
         **kwargs: Any,
     ) -> None:
         self.alpha = check_number("alpha", alpha, low_open=True)
@@ -388,16 +282,7 @@ class FGSMAT(AdversarialTraining):
             "drop": guard_drop,
             "action": guard_action,
         }
-        super().__init__(
-            eps=eps,
-            epochs=epochs,
-            batch_size=batch_size,
-            optimizer=optimizer,
-            lr=lr,
-            schedule=schedule,
-            peak=peak,
-            **kwargs,
-        )
+        super().__init__(**kwargs)
         OverfitGuard(self.eps, **self.guard_kwargs)  # validate the guard settings now
 
     def make_attack(self) -> attacks.Attack:
@@ -458,7 +343,7 @@ def kl_to_clean(p_clean: Tensor) -> Any:
     return loss
 
 
-@DEFENSES.register("trades")
+@register_defense("trades", kind="training")
 class TRADES(AdversarialTraining):
     """TRADES: clean cross-entropy plus ``beta`` times the KL divergence to adversarial outputs.
 
@@ -483,26 +368,14 @@ class TRADES(AdversarialTraining):
     name = "trades"
 
     def __init__(
-        self,
-        *,
-        eps: float = 0.3,
-        beta: float = 6.0,
-        steps: int = 40,
-        step_size: float = 0.01,
-        epochs: int = 10,
-        batch_size: int = 100,
-        optimizer: str = "adam",
-        lr: float = 1e-3,
-        **kwargs: Any,
+        self, *, beta: float = 6.0, steps: int = 40, step_size: float = 0.01, **kwargs: Any
     ) -> None:
         if "mix" in kwargs:
             raise ValueError("trades has no mix ratio: beta already weighs clean vs robust loss")
         self.beta = check_number("beta", beta)
         self.steps = check_positive_int("steps", steps)
         self.step_size = check_number("step_size", step_size, low_open=True)
-        super().__init__(
-            eps=eps, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, **kwargs
-        )
+        super().__init__(**kwargs)
 
     def adversarial(self, model: nn.Module, x: Tensor) -> Tensor:
         """The inner maximisation: PGD on ``KL(f(x) || f(x'))``."""

@@ -1,32 +1,27 @@
-"""Input-denoising defenses: preprocessors that wrap a classifier, with their adaptive-attack facts.
+"""Input-denoising defenses: the trained denoising autoencoder, and the input preprocessors.
 
-Each preprocessor is an ``nn.Module`` that maps inputs in ``[0, 1]`` to inputs in ``[0, 1]`` and
-declares, as class attributes, whether gradients through it are meaningful (``differentiable``)
-and whether it draws random numbers (``random``); its :meth:`surrogate` is the differentiable
-approximation BPDA uses in the backward pass (identity unless stated). :class:`Preprocessed`
-puts a preprocessor in front of a classifier and exposes the adaptive protocol of
-:mod:`attacks.adaptive` (``preprocessor``, ``classifier``, ``surrogate``, ``differentiable``,
-``random``), so ``robustness_curve(..., adaptive="auto")`` reports both the naive and the
-adaptive (BPDA/EOT) robust accuracy.
+:class:`DenoisingAutoencoder` is fitted on data (noisy and adversarial inputs) and then wraps a
+classifier. The fixed input transformations (``bit_depth``, ``median_filter``, ``jpeg``...) live in
+:mod:`defenses.preprocessors` and the wrapper that puts any of them in front of a classifier in
+:mod:`defenses.inference`; both stay importable from here.
 
 Example:
-    >>> guarded = defenses.create("median_filter", size=3).wrap(model)
-    >>> attacks.create("pgd")(attacks.adaptive.BPDA(guarded), x, y, eps=0.3)
+    >>> dae = defenses.create("denoising_autoencoder", eps=0.3)
+    >>> guarded = dae.wrap(dae.fit(model, train, val))
 
 References:
-    Athalye, Carlini & Wagner, "Obfuscated Gradients Give a False Sense of Security", ICML 2018.
+    Meng & Chen, "MagNet: a Two-Pronged Defense against Adversarial Examples", CCS 2017.
+    Liao et al., "Defense against Adversarial Attacks Using High-Level Representation Guided
+    Denoiser", CVPR 2018.
 
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
-import math
-import os
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -38,414 +33,26 @@ from attacks.base import model_guard
 from attacks.validation import check_number, check_positive_int
 from defenses.adversarial import perturb
 from defenses.data import check_dataset, make_loader, model_device
-from defenses.training import DEFENSES, Callback, Plugin, Trainer, TrainState
+from defenses.inference import InputDefense, Preprocessed, register_input_defense
+from defenses.plugins import Plugin, TrainState
+from defenses.preprocessors import (
+    JPEG,
+    BitDepth,
+    GaussianBlur,
+    GaussianNoise,
+    MedianFilter,
+    Preprocessor,
+    TVSmoothing,
+    dct_matrix,
+    quality_table,
+)
+from defenses.registry import register_defense
+from defenses.trainer import FitOptions, Trainer
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 logger = logging.getLogger(__name__)
-
-
-class Preprocessor(nn.Module):
-    """Base of input preprocessors (maps ``[N, C, H, W]`` in ``[0, 1]`` to the same range)."""
-
-    differentiable: bool = True
-    random: bool = False
-
-    def surrogate(self) -> nn.Module:
-        """The BPDA backward-pass approximation of this preprocessor (identity by default)."""
-        return nn.Identity()
-
-
-def _check_images(x: Tensor, name: str) -> None:
-    if x.dim() != 4:
-        raise ValueError(f"{name} expects images [N, C, H, W], got shape {tuple(x.shape)}")
-
-
-class BitDepth(Preprocessor):
-    """Bit-depth reduction: round each value to ``2**bits`` levels (Xu et al. 2018).
-
-    Non-differentiable (zero gradient almost everywhere); BPDA surrogate: identity.
-
-    Args:
-        bits: Bits per value, 1 to 16 (Xu et al. use 1 on MNIST).
-
-    References:
-        Xu, Evans & Qi, "Feature Squeezing: Detecting Adversarial Examples in Deep Neural
-        Networks", NDSS 2018.
-
-    """
-
-    differentiable = False
-
-    def __init__(self, bits: int = 1) -> None:
-        super().__init__()
-        bits = check_positive_int("bits", bits)
-        if bits > 16:
-            raise ValueError(f"bits must be between 1 and 16, got {bits}")
-        self.bits = bits
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Quantise ``x`` to ``2**bits`` levels."""
-        levels = 2**self.bits - 1
-        return torch.round(x * levels) / levels
-
-    def extra_repr(self) -> str:
-        """Settings shown in ``repr``."""
-        return f"bits={self.bits}"
-
-
-class MedianFilter(Preprocessor):
-    """Per-channel ``size x size`` median filter (replicate padding; unfold-based).
-
-    Median filtering is differentiable almost everywhere in torch (like max-pooling, the
-    gradient reaches the one pixel that is each window's median). It is declared
-    non-differentiable, with an identity BPDA surrogate, so evaluations run both the naive
-    and the BPDA attack: on digits and on MNIST (small CNN, PGD-40) naive PGD through torch's
-    median gradient was measured as strong as or slightly stronger than BPDA-identity, so the
-    worst case over both is the number to report.
-
-    Args:
-        size: Window size (2 or more; Xu et al. use 2x2 on MNIST, 2x2 and 3x3 on CIFAR-10).
-
-    """
-
-    differentiable = False
-
-    def __init__(self, size: int = 3) -> None:
-        super().__init__()
-        self.size = check_positive_int("size", size)
-        if self.size < 2:
-            raise ValueError(f"median filter size must be >= 2, got {size}")
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Median of each window, same spatial size as ``x``."""
-        _check_images(x, "median_filter")
-        k = self.size
-        lo, hi = (k - 1) // 2, k // 2
-        padded = F.pad(x, (lo, hi, lo, hi), mode="replicate")
-        windows = padded.unfold(2, k, 1).unfold(3, k, 1)
-        return windows.reshape(*x.shape, k * k).median(dim=-1).values
-
-    def extra_repr(self) -> str:
-        """Settings shown in ``repr``."""
-        return f"size={self.size}"
-
-
-class GaussianBlur(Preprocessor):
-    """Gaussian blur (depthwise convolution, replicate padding). Differentiable.
-
-    Args:
-        sigma: Standard deviation in pixels (> 0).
-        size: Odd kernel size (default ``2 * ceil(3 sigma) + 1``).
-
-    """
-
-    def __init__(self, sigma: float = 1.0, size: int | None = None) -> None:
-        super().__init__()
-        self.sigma = check_number("sigma", sigma, low_open=True)
-        k = 2 * math.ceil(3 * self.sigma) + 1 if size is None else check_positive_int("size", size)
-        if k % 2 == 0:
-            raise ValueError(f"Gaussian blur kernel size must be odd, got {size}")
-        self.size = k
-        r = torch.arange(k, dtype=torch.float32) - k // 2
-        g = torch.exp(-(r**2) / (2 * self.sigma**2))
-        self.register_buffer("kernel1d", g / g.sum(), persistent=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Separable blur of every channel."""
-        _check_images(x, "gaussian_blur")
-        c, k = x.shape[1], self.size
-        g = self.kernel1d.to(x.dtype)
-        x = F.pad(x, (k // 2, k // 2, k // 2, k // 2), mode="replicate")
-        x = F.conv2d(x, g.view(1, 1, 1, k).expand(c, 1, 1, k), groups=c)
-        return F.conv2d(x, g.view(1, 1, k, 1).expand(c, 1, k, 1), groups=c)
-
-    def extra_repr(self) -> str:
-        """Settings shown in ``repr``."""
-        return f"sigma={self.sigma}, size={self.size}"
-
-
-# Annex K tables of the JPEG standard (ITU-T T.81), row-major.
-_LUMA_Q = [
-    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55,
-    14, 13, 16, 24, 40, 57, 69, 56, 14, 17, 22, 29, 51, 87, 80, 62,
-    18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
-    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99,
-]  # fmt: skip
-_CHROMA_Q = [
-    17, 18, 24, 47, 99, 99, 99, 99, 18, 21, 26, 66, 99, 99, 99, 99,
-    24, 26, 56, 99, 99, 99, 99, 99, 47, 66, 99, 99, 99, 99, 99, 99,
-    *([99] * 32),
-]  # fmt: skip
-_RGB_TO_YCBCR = [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]]
-
-
-def quality_table(base: list[int], quality: int) -> Tensor:
-    """The IJG (libjpeg) scaling of a base quantisation table to ``quality`` (1-100)."""
-    scale = 5000 / quality if quality < 50 else 200 - 2 * quality
-    q = torch.floor((torch.tensor(base, dtype=torch.float64) * scale + 50) / 100)
-    return q.clamp(1, 255).view(8, 8).float()
-
-
-def dct_matrix(n: int = 8) -> Tensor:
-    """Orthonormal DCT-II matrix ``D`` (``D @ block @ D.T`` is the 2-D DCT)."""
-    i = torch.arange(n, dtype=torch.float64)
-    d = torch.cos(math.pi * (2 * i[None, :] + 1) * i[:, None] / (2 * n)) * math.sqrt(2 / n)
-    d[0] /= math.sqrt(2)
-    return d.float()
-
-
-class JPEG(Preprocessor):
-    """JPEG compression in torch: 8x8 block DCT, quantisation by the quality-scaled tables.
-
-    Colour images (3 channels) are converted to YCbCr and the chroma channels use the chroma
-    table (no chroma subsampling); other channel counts are coded as luminance. The decoded image
-    is rounded to 8-bit levels. Entropy coding is lossless and omitted. Non-differentiable (the
-    rounding has zero gradient); BPDA surrogate: identity.
-
-    Args:
-        quality: JPEG quality 1-100 (default 75).
-
-    References:
-        Wallace, "The JPEG still picture compression standard", 1992; Dziugaite et al. 2016 and
-        Guo et al. 2018 use JPEG as a defense.
-
-    """
-
-    differentiable = False
-
-    def __init__(self, quality: int = 75) -> None:
-        super().__init__()
-        quality = check_positive_int("quality", quality)
-        if quality > 100:
-            raise ValueError(f"JPEG quality must be between 1 and 100, got {quality}")
-        self.quality = quality
-        self.register_buffer("dct", dct_matrix(), persistent=False)
-        q = torch.stack([quality_table(_LUMA_Q, quality), quality_table(_CHROMA_Q, quality)])
-        self.register_buffer("tables", q, persistent=False)
-        self.register_buffer("rgb2ycc", torch.tensor(_RGB_TO_YCBCR), persistent=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Compress and decompress ``x``."""
-        _check_images(x, "jpeg")
-        n, c, h, w = x.shape
-        colour = c == 3
-        z = x * 255.0
-        if colour:
-            z = torch.einsum("ij,njhw->nihw", self.rgb2ycc.to(z.dtype), z)
-            z = z + torch.tensor([0.0, 128.0, 128.0], dtype=z.dtype, device=z.device).view(3, 1, 1)
-        ph, pw = (-h) % 8, (-w) % 8
-        z = F.pad(z, (0, pw, 0, ph), mode="replicate") - 128.0
-        blocks = z.unfold(2, 8, 8).unfold(3, 8, 8)  # [n, c, H/8, W/8, 8, 8]
-        d = self.dct.to(z.dtype)
-        coef = d @ blocks @ d.T
-        table = self.tables[[0, 1, 1]] if colour else self.tables[[0] * c]
-        table = table.to(z.dtype).view(c, 1, 1, 8, 8)
-        coef = torch.round(coef / table) * table
-        blocks = d.T @ coef @ d
-        z = blocks.permute(0, 1, 2, 4, 3, 5).reshape(n, c, h + ph, w + pw)[..., :h, :w] + 128.0
-        if colour:
-            z = z - torch.tensor([0.0, 128.0, 128.0], dtype=z.dtype, device=z.device).view(3, 1, 1)
-            z = torch.einsum("ij,njhw->nihw", torch.linalg.inv(self.rgb2ycc.to(z.dtype)), z)
-        return torch.round(z.clamp(0, 255)) / 255.0
-
-    def extra_repr(self) -> str:
-        """Settings shown in ``repr``."""
-        return f"quality={self.quality}"
-
-
-class TVSmoothing(Preprocessor):
-    """Total-variation smoothing: a few gradient steps on ``0.5 ||z - x||^2 + weight TV(z)``.
-
-    ``TV`` is the isotropic total variation, smoothed as ``sqrt(dx^2 + dy^2 + smooth^2)`` so it
-    has a gradient; ``z`` starts at ``x`` and is clipped to ``[0, 1]`` after every step. The
-    steps are ordinary torch operations, so the whole module is differentiable (unrolled) and is
-    declared so; the identity surrogate is still available for BPDA.
-
-    Args:
-        weight: TV weight (default 0.1).
-        steps: Gradient steps (default 20).
-        step_size: Step size (default 0.2).
-        smooth: Smoothing of the TV norm (default 0.05).
-
-    References:
-        Rudin, Osher & Fatemi, "Nonlinear total variation based noise removal algorithms",
-        1992; Guo et al., "Countering Adversarial Images using Input Transformations", ICLR 2018.
-
-    """
-
-    def __init__(
-        self, weight: float = 0.1, steps: int = 20, step_size: float = 0.2, smooth: float = 0.05
-    ) -> None:
-        super().__init__()
-        self.weight = check_number("weight", weight)
-        self.steps = check_positive_int("steps", steps)
-        self.step_size = check_number("step_size", step_size, low_open=True)
-        self.smooth = check_number("smooth", smooth, low_open=True)
-
-    def tv_gradient(self, z: Tensor) -> Tensor:
-        """Gradient of the smoothed isotropic TV of ``z`` (forward differences)."""
-        dx = F.pad(z[..., :, 1:] - z[..., :, :-1], (0, 1))
-        dy = F.pad(z[..., 1:, :] - z[..., :-1, :], (0, 0, 0, 1))
-        mag = torch.sqrt(dx**2 + dy**2 + self.smooth**2)
-        px, py = dx / mag, dy / mag
-        div = px - F.pad(px[..., :, :-1], (1, 0)) + py - F.pad(py[..., :-1, :], (0, 0, 1, 0))
-        return -div
-
-    def forward(self, x: Tensor) -> Tensor:
-        """The smoothed image."""
-        _check_images(x, "tv_smoothing")
-        z = x
-        for _ in range(self.steps):
-            z = (z - self.step_size * ((z - x) + self.weight * self.tv_gradient(z))).clamp(0, 1)
-        return z
-
-    def extra_repr(self) -> str:
-        """Settings shown in ``repr``."""
-        return f"weight={self.weight}, steps={self.steps}, step_size={self.step_size}"
-
-
-class GaussianNoise(Preprocessor):
-    """Random Gaussian noise added to the input (clipped to ``[0, 1]``): a random defense.
-
-    Differentiable but random, so it must be attacked with EOT; a fresh draw per forward pass
-    from the global torch RNG.
-
-    Args:
-        sigma: Noise standard deviation (default 0.25).
-
-    References:
-        Cohen, Rosenfeld & Kolter, "Certified Adversarial Robustness via Randomized Smoothing",
-        ICML 2019 (smoothing without the certificate: one noisy draw per prediction).
-
-    """
-
-    random = True
-
-    def __init__(self, sigma: float = 0.25) -> None:
-        super().__init__()
-        self.sigma = check_number("sigma", sigma, low_open=True)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """``clip(x + sigma * N(0, 1))``."""
-        return (x + self.sigma * torch.randn_like(x)).clamp(0, 1)
-
-    def extra_repr(self) -> str:
-        """Settings shown in ``repr``."""
-        return f"sigma={self.sigma}"
-
-
-# --------------------------------------------------------------------------- wrapped model
-
-
-class Preprocessed(nn.Module):
-    """``classifier(preprocessor(x))``: an inference-time defense that obeys the model contract.
-
-    It exposes the adaptive protocol of :mod:`attacks.adaptive`.
-
-    Args:
-        preprocessor: An input transformation (``[0, 1]`` to ``[0, 1]``).
-        classifier: The model it protects (returns logits).
-        surrogate: BPDA backward-pass approximation; default the preprocessor's
-            ``surrogate()`` or identity.
-        differentiable: Override the preprocessor's declaration.
-        random: Override the preprocessor's declaration.
-
-    Attributes:
-        preprocessor, classifier, surrogate: The modules above.
-        differentiable: Whether gradients through the preprocessor are meaningful.
-        random: Whether the forward pass is random.
-
-    """
-
-    def __init__(
-        self,
-        preprocessor: nn.Module,
-        classifier: nn.Module,
-        surrogate: nn.Module | None = None,
-        *,
-        differentiable: bool | None = None,
-        random: bool | None = None,
-    ) -> None:
-        super().__init__()
-        for name, m in (("preprocessor", preprocessor), ("classifier", classifier)):
-            if not isinstance(m, nn.Module):
-                raise TypeError(f"{name} must be an nn.Module, got {type(m).__name__}")
-        self.preprocessor = preprocessor
-        self.classifier = classifier
-        if surrogate is None:
-            make = getattr(preprocessor, "surrogate", None)
-            surrogate = make() if callable(make) else nn.Identity()
-        self.surrogate = surrogate
-        if differentiable is None:
-            differentiable = getattr(preprocessor, "differentiable", True)
-        if random is None:
-            random = getattr(preprocessor, "random", False)
-        self.differentiable = bool(differentiable)
-        self.random = bool(random)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Logits of the classifier on the preprocessed input."""
-        return self.classifier(self.preprocessor(x))
-
-
-class InputDefense:
-    """An inference-time defense: ``wrap(model)`` puts its preprocessor in front of ``model``.
-
-    Args:
-        name: The registry name.
-        preprocessor: The preprocessing module (shared by every wrapped model).
-
-    """
-
-    def __init__(self, name: str, preprocessor: nn.Module) -> None:
-        self.name = name
-        self.preprocessor = preprocessor
-
-    @property
-    def differentiable(self) -> bool:
-        """Whether the preprocessor is differentiable."""
-        return bool(getattr(self.preprocessor, "differentiable", True))
-
-    @property
-    def random(self) -> bool:
-        """Whether the preprocessor is random."""
-        return bool(getattr(self.preprocessor, "random", False))
-
-    def wrap(self, model: nn.Module) -> Preprocessed:
-        """``Preprocessed(preprocessor, model)`` on the model's device, in eval mode."""
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"wrap expects an nn.Module classifier, got {type(model).__name__}")
-        self.preprocessor.to(model_device(model))
-        return Preprocessed(self.preprocessor, model).eval()
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.name!r}, {self.preprocessor!r})"
-
-
-def _register_input_defense(name: str, cls: type[Preprocessor]) -> Callable[..., InputDefense]:
-    """Register ``name`` as a factory ``(**kw) -> InputDefense(name, cls(**kw))``."""
-
-    def factory(**kwargs: Any) -> InputDefense:
-        return InputDefense(name, cls(**kwargs))
-
-    factory.__name__ = name
-    factory.__doc__ = f"Input defense {name!r}: wraps a model with :class:`{cls.__name__}`."
-    factory.__signature__ = inspect.signature(cls)  # type: ignore[attr-defined]
-    return DEFENSES.register(name)(factory)
-
-
-PREPROCESSORS: dict[str, type[Preprocessor]] = {
-    "bit_depth": BitDepth,
-    "median_filter": MedianFilter,
-    "gaussian_blur": GaussianBlur,
-    "jpeg": JPEG,
-    "tv_smoothing": TVSmoothing,
-    "random_noise": GaussianNoise,
-}
-for _name, _cls in PREPROCESSORS.items():
-    _register_input_defense(_name, _cls)
-
-
-# --------------------------------------------------------------------------- autoencoder
 
 
 class ConvAutoencoder(Preprocessor):
@@ -506,7 +113,7 @@ class _DenoiserMonitor(Plugin):
             metrics["val_acc_denoised"] = correct / n
 
 
-@DEFENSES.register("denoising_autoencoder")
+@register_defense("denoising_autoencoder", kind=("training", "inference"))
 class DenoisingAutoencoder:
     """A convolutional denoising autoencoder trained on noisy and adversarial inputs.
 
@@ -525,7 +132,7 @@ class DenoisingAutoencoder:
         logit_weight: Weight of a logit-guided term ``KL(f(x) || f(D(x_adv)))`` in the spirit of
             Liao et al.'s guided denoiser (default 0: pixel losses only, as MagNet).
         width: Hidden feature maps of the autoencoder.
-        **trainer_kwargs: :class:`~defenses.training.Trainer` settings (default 5 epochs,
+        **trainer_kwargs: :class:`~defenses.trainer.Trainer` settings (default 5 epochs,
             batch 128, Adam 1e-3).
 
     References:
@@ -536,6 +143,12 @@ class DenoisingAutoencoder:
     """
 
     name = "denoising_autoencoder"
+    trainer_defaults: ClassVar[dict[str, Any]] = {
+        "epochs": 5,
+        "batch_size": 128,
+        "optimizer": "adam",
+        "lr": 1e-3,
+    }
 
     def __init__(
         self,
@@ -545,10 +158,6 @@ class DenoisingAutoencoder:
         attack_steps: int = 10,
         logit_weight: float = 0.0,
         width: int = 32,
-        epochs: int = 5,
-        batch_size: int = 128,
-        optimizer: str = "adam",
-        lr: float = 1e-3,
         **trainer_kwargs: Any,
     ) -> None:
         self.noise_std = check_number("noise_std", noise_std)
@@ -558,9 +167,7 @@ class DenoisingAutoencoder:
         self.attack = attacks.create(
             "pgd", steps=check_positive_int("attack_steps", attack_steps), early_stop=False
         )
-        self.trainer = Trainer(
-            epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, **trainer_kwargs
-        )
+        self.trainer = Trainer(**{**self.trainer_defaults, **trainer_kwargs})
         self.autoencoder: ConvAutoencoder | None = None
 
     def _loss(self, classifier: nn.Module | None) -> Callable[[nn.Module, Tensor, Tensor], Tensor]:
@@ -587,11 +194,7 @@ class DenoisingAutoencoder:
         model: nn.Module | None,
         train: Dataset,
         val: Dataset | None = None,
-        *,
-        callbacks: Iterable[Callback] = (),
-        device: str | torch.device | None = None,
-        checkpoint_dir: str | os.PathLike[str] | None = None,
-        resume: bool = False,
+        **options: Unpack[FitOptions],
     ) -> nn.Module | None:
         """Train the autoencoder; return ``model`` unchanged (call :meth:`wrap` next).
 
@@ -600,34 +203,19 @@ class DenoisingAutoencoder:
                 adversarial training inputs), or None to train on noisy inputs only.
             train: Dataset of ``(x, y)`` images in ``[0, 1]``.
             val: Optional validation set (``val_recon_mse``, ``val_acc_denoised`` metrics).
-            callbacks: ``cb(epoch, metrics)`` after every epoch.
-            device: Where to train (default the classifier's device, else CPU).
-            checkpoint_dir: Trainer checkpoints of the autoencoder.
-            resume: Resume from ``checkpoint_dir``.
+            **options: ``callbacks``, ``device`` (default the classifier's, else CPU),
+                ``checkpoint_dir`` (the autoencoder's trainer checkpoints), ``resume``.
 
         """
-        train = check_dataset("train", train)
-        if model is not None and not isinstance(model, nn.Module):
-            raise TypeError(f"model must be an nn.Module or None, got {type(model).__name__}")
-        x0 = train[0][0]
-        if x0.dim() != 3:
-            raise ValueError(f"denoising_autoencoder needs images [C, H, W], got {tuple(x0.shape)}")
-        if device is None and model is not None:
-            device = model_device(model)
-        self.autoencoder = ConvAutoencoder(x0.shape[0], self.width)
+        channels = _image_channels(model, train)
+        if options.get("device") is None and model is not None:
+            options = {**options, "device": model_device(model)}
+        self.autoencoder = ConvAutoencoder(channels, self.width)
         plugins = [_DenoiserMonitor(val, model, self.noise_std)] if val is not None else []
-        guard = model_guard(model) if model is not None else contextlib.nullcontext()
-        with guard:
+        batch_fn = self._loss(model)
+        with model_guard(model) if model is not None else contextlib.nullcontext():
             self.trainer.fit(
-                self.autoencoder,
-                train,
-                None,
-                batch_fn=self._loss(model),
-                plugins=plugins,
-                callbacks=callbacks,
-                device=device,
-                checkpoint_dir=checkpoint_dir,
-                resume=resume,
+                self.autoencoder, train, None, batch_fn=batch_fn, plugins=plugins, **options
             )
         return model.eval() if model is not None else None
 
@@ -646,9 +234,19 @@ class DenoisingAutoencoder:
         return InputDefense(self.name, self.autoencoder.eval()).wrap(model)
 
 
+def _image_channels(model: nn.Module | None, train: Dataset) -> int:
+    """The channels of the training images, after checking the arguments of ``fit``."""
+    train = check_dataset("train", train)
+    if model is not None and not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module or None, got {type(model).__name__}")
+    x0 = train[0][0]
+    if x0.dim() != 3:
+        raise ValueError(f"denoising_autoencoder needs images [C, H, W], got {tuple(x0.shape)}")
+    return int(x0.shape[0])
+
+
 __all__ = [
     "JPEG",
-    "PREPROCESSORS",
     "BitDepth",
     "ConvAutoencoder",
     "DenoisingAutoencoder",
@@ -659,4 +257,7 @@ __all__ = [
     "Preprocessed",
     "Preprocessor",
     "TVSmoothing",
+    "dct_matrix",
+    "quality_table",
+    "register_input_defense",
 ]

@@ -29,7 +29,8 @@ from torch.utils.data import Dataset
 
 from attacks.validation import check_number, check_positive_int
 from defenses.data import model_device, tensors_of
-from defenses.denoising import PREPROCESSORS, BitDepth, MedianFilter
+from defenses.inference import create_preprocessor, preprocessor_names
+from defenses.preprocessors import BitDepth, MedianFilter
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ SqueezerSpec = nn.Module | str | tuple[str, dict[str, Any]]
 
 
 def make_squeezer(spec: SqueezerSpec) -> nn.Module:
-    """Build a squeezer from a module, a preprocessor name, or ``(name, kwargs)``.
+    """Build a squeezer from a module, a registered preprocessor's name, or ``(name, kwargs)``.
 
     Raises:
         ValueError: Unknown preprocessor name (the known ones are listed).
@@ -46,12 +47,12 @@ def make_squeezer(spec: SqueezerSpec) -> nn.Module:
     if isinstance(spec, nn.Module):
         return spec
     name, kwargs = (spec, {}) if isinstance(spec, str) else spec
-    if name not in PREPROCESSORS:
+    if name not in preprocessor_names():
         raise ValueError(
             f"Unknown squeezer {name!r}; use an nn.Module or one of: "
-            f"{', '.join(sorted(PREPROCESSORS))}"
+            f"{', '.join(preprocessor_names())}"
         )
-    return PREPROCESSORS[name](**kwargs)
+    return create_preprocessor(name, **kwargs)
 
 
 class FeatureSqueezing:

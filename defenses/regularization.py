@@ -3,6 +3,7 @@
 :class:`RegularizedDefense` is the base of every training defense in this package (standard
 training, distillation and the adversarial-training defenses), so each of them accepts
 ``dropout``, ``weight_decay``, ``label_smoothing``, ``gaussian_noise`` and ``early_stopping``.
+The early-stopping plug-in itself is :class:`~defenses.monitors.RobustEarlyStopping`.
 
 Example:
     >>> d = defenses.create("standard", epochs=5, dropout=0.2, weight_decay=5e-4,
@@ -13,22 +14,26 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-import attacks
-from attacks.validation import check_number, check_positive_int
-from defenses.data import check_dataset, tensors_of
-from defenses.storage import atomic_torch_save
-from defenses.training import DEFENSES, Callback, Plugin, TrainingDefense, TrainState, state_to_cpu
+from attacks.validation import check_number
+from defenses.monitors import BEST_CHECKPOINT, RobustEarlyStopping, RobustMonitor
+from defenses.registry import register_defense
+from defenses.trainer import Callback, FitOptions
+from defenses.training import Plugin, TrainingDefense
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +48,9 @@ ACTIVATIONS = (
     nn.Sigmoid,
     nn.Softplus,
 )
-BEST_CHECKPOINT = "best.pt"
+
+# Standard training's and distillation's trainer defaults: 10 epochs of batch 128, Adam at 1e-3.
+ADAM_DEFAULTS: dict[str, Any] = {"epochs": 10, "batch_size": 128, "optimizer": "adam", "lr": 1e-3}
 
 
 # --------------------------------------------------------------------------- dropout
@@ -107,183 +114,6 @@ def _insert_dropout(seq: nn.Sequential, rate: float) -> int:
             seq._modules[name] = nn.Sequential(module, nn.Dropout(rate))
             count += 1
     return count
-
-
-# --------------------------------------------------------------------------- robust validation
-
-
-class RobustMonitor(Plugin):
-    """Measures PGD accuracy on a fixed validation subset at the end of epochs.
-
-    Args:
-        eps: linf (or l2) budget; ``0`` measures clean accuracy.
-        data: The validation Dataset; default the ``val`` passed to ``fit``.
-        n: Size of the fixed subset (seeded; default 1000, as Rice et al.).
-        steps: PGD steps (default 10).
-        rel_step_size: PGD step as a fraction of eps (default ``2.5 / steps``).
-        norm: ``"linf"`` or ``"l2"``.
-        bounds: Input bounds.
-        every: Evaluate every ``every`` epochs (and after the last one).
-        batch_size: Evaluation batch size.
-        seed: Seeds the subset choice and the attack's random start.
-
-    """
-
-    metric = "val_robust_acc"
-
-    def __init__(
-        self,
-        eps: float,
-        *,
-        data: Dataset | None = None,
-        n: int = 1000,
-        steps: int = 10,
-        rel_step_size: float | None = None,
-        norm: str = "linf",
-        bounds: tuple[float, float] = (0.0, 1.0),
-        every: int = 1,
-        batch_size: int = 500,
-        seed: int = 0,
-    ) -> None:
-        self.eps = check_number("eps", eps)
-        self.data = data if data is None else check_dataset("validation data", data)
-        self.n = check_positive_int("n", n)
-        self.every = check_positive_int("every", every)
-        self.batch_size = check_positive_int("batch_size", batch_size)
-        self.seed = int(seed)
-        self.attack = attacks.create(
-            "pgd",
-            norm=norm,
-            steps=check_positive_int("steps", steps),
-            rel_step_size=rel_step_size,
-            bounds=bounds,
-            seed=seed,
-        )
-        self._x: Tensor | None = None
-        self._y: Tensor | None = None
-
-    def on_fit_start(self, state: TrainState) -> None:
-        """Fix the validation subset (needs a validation set)."""
-        data = self.data if self.data is not None else state.val
-        if data is None:
-            raise ValueError(
-                f"{type(self).__name__} measures robust accuracy on validation data: pass val= "
-                "to fit() (Rice et al. hold out 1,000 training images) or data= to the plug-in"
-            )
-        n_total = len(data)  # type: ignore[arg-type]
-        g = torch.Generator().manual_seed(self.seed)
-        idx = torch.randperm(n_total, generator=g)[: min(self.n, n_total)].sort().values
-        self._x, self._y = tensors_of(data, idx)
-
-    def due(self, state: TrainState, epoch: int) -> bool:
-        """Whether to evaluate after ``epoch`` (0-based)."""
-        return (epoch + 1) % self.every == 0 or epoch + 1 == state.epochs
-
-    def measure(self, model: nn.Module, device: torch.device) -> float:
-        """PGD (or clean, for eps 0) accuracy of ``model`` on the fixed subset."""
-        if self._x is None or self._y is None:
-            raise RuntimeError("on_fit_start must run before measure")
-        correct = 0
-        for i in range(0, self._x.shape[0], self.batch_size):
-            x = self._x[i : i + self.batch_size].to(device)
-            y = self._y[i : i + self.batch_size].to(device)
-            res = self.attack(model, x, y, eps=self.eps)
-            correct += int((~res.success).sum())
-        return correct / self._x.shape[0]
-
-
-class RobustEarlyStopping(RobustMonitor):
-    """Early stopping on robust validation accuracy (Rice et al. 2020) as a Trainer plug-in.
-
-    Every ``every`` epochs it runs PGD on a fixed validation subset, logs ``val_robust_acc``
-    and ``best_val_robust_acc``, keeps the best weights (in memory, and as ``best.pt`` next to
-    the trainer's ``last.pt`` when a ``checkpoint_dir`` is given), stops after ``patience``
-    evaluations without improvement, and restores the best weights at the end.
-
-    Args:
-        eps: Budget of the validation attack (``0``: clean validation accuracy).
-        patience: Evaluations without improvement before stopping (None: never stop early,
-            only keep the best checkpoint).
-        min_delta: Smallest accuracy gain counted as an improvement.
-        restore_best: Load the best weights into the model when training ends.
-        **kwargs: See :class:`RobustMonitor` (``n``, ``steps``, ``every``, ``data``...).
-
-    References:
-        Rice, Wong & Kolter, "Overfitting in adversarially robust deep learning", ICML 2020.
-
-    """
-
-    def __init__(
-        self,
-        eps: float,
-        *,
-        patience: int | None = None,
-        min_delta: float = 0.0,
-        restore_best: bool = True,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(eps, **kwargs)
-        self.patience = None if patience is None else check_positive_int("patience", patience)
-        self.min_delta = check_number("min_delta", min_delta)
-        self.restore_best = bool(restore_best)
-        self.best = -1.0
-        self.best_epoch = -1
-        self.bad_evals = 0
-        self.best_state: dict[str, Tensor] | None = None
-
-    def on_epoch_end(self, state: TrainState, epoch: int, metrics: dict[str, float]) -> None:
-        """Evaluate, keep the best weights, count evaluations without improvement."""
-        if not self.due(state, epoch):
-            return
-        acc = self.measure(state.model, state.device)
-        metrics[self.metric] = acc
-        if acc > self.best + self.min_delta:
-            self.best, self.best_epoch, self.bad_evals = acc, epoch, 0
-            self.best_state = state_to_cpu(state.model)
-            if state.checkpoint_dir is not None:
-                payload = {"model": self.best_state, "epoch": epoch, self.metric: acc}
-                atomic_torch_save(payload, state.checkpoint_dir / BEST_CHECKPOINT)
-        else:
-            self.bad_evals += 1
-        metrics["best_" + self.metric] = self.best
-        if self.patience is not None and self.bad_evals >= self.patience:
-            logger.info(
-                "early stopping after epoch %d: %s has not improved on %.4f (epoch %d) for %d "
-                "evaluations",
-                epoch + 1,
-                self.metric,
-                self.best,
-                self.best_epoch + 1,
-                self.bad_evals,
-            )
-            state.stop = True
-
-    def on_fit_end(self, state: TrainState) -> None:
-        """Restore the best-robust weights."""
-        if self.restore_best and self.best_state is not None:
-            state.model.load_state_dict(self.best_state)
-            logger.info(
-                "restored the best checkpoint: epoch %d, %s=%.4f",
-                self.best_epoch + 1,
-                self.metric,
-                self.best,
-            )
-
-    def state_dict(self) -> dict[str, Any]:
-        """Best accuracy, its epoch and weights, and the patience counter."""
-        return {
-            "best": self.best,
-            "best_epoch": self.best_epoch,
-            "bad_evals": self.bad_evals,
-            "best_state": self.best_state,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
-        self.best = float(state["best"])
-        self.best_epoch = int(state["best_epoch"])
-        self.bad_evals = int(state["bad_evals"])
-        self.best_state = state["best_state"]
 
 
 # --------------------------------------------------------------------------- base defense
@@ -387,7 +217,7 @@ class RegularizedDefense(TrainingDefense):
         return self.ce(logits, y), logits
 
 
-@DEFENSES.register("standard")
+@register_defense("standard", kind="training")
 class StandardTraining(RegularizedDefense):
     """Standard training (empirical risk minimisation) with configurable regularisation.
 
@@ -401,20 +231,10 @@ class StandardTraining(RegularizedDefense):
     """
 
     name = "standard"
-
-    def __init__(
-        self,
-        *,
-        epochs: int = 10,
-        batch_size: int = 128,
-        optimizer: str = "adam",
-        lr: float = 1e-3,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, **kwargs)
+    trainer_defaults = ADAM_DEFAULTS
 
 
-@DEFENSES.register("distillation")
+@register_defense("distillation", kind="training")
 class Distillation(RegularizedDefense):
     """Defensive distillation: a teacher and then a student, both trained at temperature T.
 
@@ -427,8 +247,8 @@ class Distillation(RegularizedDefense):
 
     Args:
         temperature: T (default 100, the paper's setting).
-        **kwargs: Trainer and regularisation settings (epochs, lr, ... ; early stopping
-            applies to the student).
+        **kwargs: Trainer and regularisation settings (default 10 epochs of batch 128, Adam at
+            1e-3; early stopping applies to the student).
 
     References:
         Papernot, McDaniel, Wu, Jha & Swami, "Distillation as a Defense to Adversarial
@@ -437,18 +257,10 @@ class Distillation(RegularizedDefense):
     """
 
     name = "distillation"
+    trainer_defaults = ADAM_DEFAULTS
 
-    def __init__(
-        self,
-        *,
-        temperature: float = 100.0,
-        epochs: int = 10,
-        batch_size: int = 128,
-        optimizer: str = "adam",
-        lr: float = 1e-3,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, **kwargs)
+    def __init__(self, *, temperature: float = 100.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.temperature = check_number("temperature", temperature, low_open=True)
         self._teacher: nn.Module | None = None
 
@@ -467,44 +279,47 @@ class Distillation(RegularizedDefense):
         model: nn.Module,
         train: Dataset,
         val: Dataset | None = None,
-        *,
-        callbacks: Iterable[Callback] = (),
-        device: str | torch.device | None = None,
-        checkpoint_dir: str | os.PathLike[str] | None = None,
-        resume: bool = False,
+        **options: Unpack[FitOptions],
     ) -> nn.Module:
-        """Train the teacher, then the student; return the student in eval mode."""
-        callbacks = list(callbacks)
-        teacher_cbs = [_prefixed(cb, "teacher_") for cb in callbacks]
-        sub = (lambda name: os.path.join(checkpoint_dir, name)) if checkpoint_dir else None
-        teacher = copy.deepcopy(model)
+        """Train the teacher, then the student; return the student in eval mode.
+
+        The teacher's metrics reach the callbacks prefixed ``teacher_``; with a
+        ``checkpoint_dir``, each phase checkpoints into its ``teacher``/``student`` subfolder.
+        """
+        options = {**options, "callbacks": list(options.get("callbacks", ()))}
         self._teacher = None
-        saved_es, self.early_stopping = self.early_stopping, None
-        try:
-            teacher = super().fit(
-                teacher,
-                train,
-                val,
-                callbacks=teacher_cbs,
-                device=device,
-                checkpoint_dir=sub("teacher") if sub else None,
-                resume=resume,
-            )
-        finally:
-            self.early_stopping = saved_es
+        with self._without_early_stopping():
+            teacher = self._phase("teacher", copy.deepcopy(model), train, val, options)
         self._teacher = teacher.eval()
         try:
-            return super().fit(
-                model,
-                train,
-                val,
-                callbacks=callbacks,
-                device=device,
-                checkpoint_dir=sub("student") if sub else None,
-                resume=resume,
-            )
+            return self._phase("student", model, train, val, options)
         finally:
             self._teacher = None
+
+    def _phase(
+        self,
+        phase: str,
+        model: nn.Module,
+        train: Dataset,
+        val: Dataset | None,
+        options: FitOptions,
+    ) -> nn.Module:
+        """One :meth:`TrainingDefense.fit` with the phase's callbacks and checkpoint folder."""
+        opts: dict[str, Any] = dict(options)
+        if phase == "teacher":
+            opts["callbacks"] = [_prefixed(cb, "teacher_") for cb in opts.get("callbacks", ())]
+        if opts.get("checkpoint_dir"):
+            opts["checkpoint_dir"] = os.path.join(opts["checkpoint_dir"], phase)
+        return super().fit(model, train, val, **opts)
+
+    @contextlib.contextmanager
+    def _without_early_stopping(self) -> Iterator[None]:
+        """Switch early stopping off (the teacher trains for its full budget)."""
+        saved, self.early_stopping = self.early_stopping, None
+        try:
+            yield
+        finally:
+            self.early_stopping = saved
 
 
 def _prefixed(cb: Callback, prefix: str) -> Callback:
@@ -515,6 +330,7 @@ def _prefixed(cb: Callback, prefix: str) -> Callback:
 
 
 __all__ = [
+    "BEST_CHECKPOINT",
     "Distillation",
     "RegularizedDefense",
     "RobustEarlyStopping",

@@ -16,6 +16,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from defenses.storage import atomic_write_text
+
 logger = logging.getLogger(__name__)
 
 PARENT_ENV = "EXPERIMENTS_PARENT_RUN_ID"
@@ -65,8 +67,7 @@ class MLflowSweepCallback(Callback):
         run = client.create_run(exp_id, run_name=name, tags=tags)
         self.run_id = run.info.run_id
         client.log_param(self.run_id, "overrides", overrides[:6000])
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        (sweep_dir / PARENT_FILE).write_text(self.run_id)
+        atomic_write_text(sweep_dir / PARENT_FILE, self.run_id)
         os.environ[PARENT_ENV] = self.run_id
         logger.info("MLflow sweep parent run %s at %s", self.run_id, self.uri)
 

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
 import attacks as atk_lib
+import defenses
 import robustbench_local as rbl
 from experiments.instantiate import build
 from experiments.resolvers import parse_number
@@ -29,6 +30,9 @@ from experiments.resolvers import parse_number
 logger = logging.getLogger(__name__)
 
 Callback = Callable[[int, dict[str, float]], Any]
+
+# The scalar metrics every run has; ``cost/<norm>/<label>/<key>`` names are known after the run.
+RUN_METRICS = ("headline_robust_acc", "clean_acc")
 
 
 @dataclass
@@ -119,6 +123,47 @@ def validate(cfg: DictConfig) -> None:
     if n is not None and (not isinstance(n, int) or n < 1):
         raise ValueError(f"eval.n_examples must be a positive integer or null, got {n!r}")
     build_attacks(cfg)
+    defense_kinds(cfg.defense, "defense")
+    base = cfg.train.get("base")
+    if base is not None and "training" not in defense_kinds(base, "train.base"):
+        raise ValueError(
+            f"train.base.name={base.name!r} does not train a model; base training needs a "
+            f"training defense: one of {', '.join(defenses.names(kind='training'))}"
+        )
+    check_optimized_metric(cfg.get("optimized_metric"))
+
+
+def defense_kinds(node: DictConfig | None, key: str) -> tuple[str, ...]:
+    """The kinds the defense of config node ``key`` registered with (``()`` when it has none).
+
+    Raises:
+        ValueError: The node builds something that is not a registered defense.
+    """
+    if node is None or node.get("_target_") is None:
+        return ()
+    name = node.get("name")
+    if not isinstance(name, str) or name not in defenses.DEFENSES:
+        raise ValueError(
+            f"{key}.name={name!r} is not a registered defense, so the pipeline cannot tell how "
+            "to use it; register it with @defenses.register_defense(name, kind=...) or pick "
+            f"one of: {', '.join(defenses.names())}"
+        )
+    return defenses.kinds(name)
+
+
+def check_optimized_metric(name: Any) -> None:
+    """Check ``optimized_metric`` names a scalar metric of the run (or is null).
+
+    Raises:
+        ValueError: Any other value; the message lists the valid names.
+    """
+    if name is None or name in RUN_METRICS or (isinstance(name, str) and name.startswith("cost/")):
+        return
+    raise ValueError(
+        f"optimized_metric={name!r} is not a scalar metric of the run; use one of "
+        f"{', '.join(RUN_METRICS)}, cost/<norm>/<attack>/<wall_time|n_forward|n_backward> "
+        "or null"
+    )
 
 
 def load_data(cfg: DictConfig) -> Data:
@@ -195,29 +240,31 @@ def apply_defense(
     out_dir: Path,
     callbacks: Sequence[Callback] = (),
 ) -> nn.Module:
-    """Train the model (base training or a training defense) and wrap it in an input defense.
+    """Train the model and put the inference defense in front of it, as the defense's kind says.
 
-    A training defense (``fit`` only) replaces the base training of ``train``; an inference
-    defense (``wrap``) wraps the base-trained model, after its own ``fit`` if it has one (the
-    denoising autoencoder).
+    A defense of kind ``training`` alone trains the model instead of the base training
+    (``train.base``). Otherwise the base training runs (unless ``train=none``); a defense that is
+    also of kind ``training`` (the denoising autoencoder) then fits its own part on the data, and
+    a defense of kind ``inference`` wraps the model.
     """
+    kinds = defense_kinds(cfg.defense, "defense")
     defense = build(cfg.defense, "defense")
     fit_kw = {"device": device, "callbacks": list(callbacks)}
-    if defense is not None and not hasattr(defense, "wrap"):
+    if kinds == ("training",):
         logger.info("training with defense %s", cfg.defense.name)
         return defense.fit(
             model, data.train, data.val, checkpoint_dir=out_dir / "defense", **fit_kw
         )
-    base = build(cfg.train, "train")
+    base = build(cfg.train.get("base"), "train.base")
     if base is not None:
-        logger.info("base training (%s)", cfg.train.get("name", "train"))
+        logger.info("base training (%s)", cfg.train.base.name)
         model = base.fit(model, data.train, data.val, checkpoint_dir=out_dir / "base", **fit_kw)
-    if defense is None:
-        return model.eval()
-    if hasattr(defense, "fit"):
-        logger.info("fitting inference defense %s", cfg.defense.name)
+    if "training" in kinds:
+        logger.info("fitting the %s defense on the base-trained model", cfg.defense.name)
         defense.fit(model, data.train, data.val, checkpoint_dir=out_dir / "defense", **fit_kw)
-    return defense.wrap(model).eval()
+    if "inference" in kinds:
+        return defense.wrap(model).eval()
+    return model.eval()
 
 
 def evaluate(
@@ -263,10 +310,13 @@ def tensor_digest(*tensors: Tensor) -> str:
 
 
 __all__ = [
+    "RUN_METRICS",
     "Data",
     "apply_defense",
     "build_attacks",
     "build_model",
+    "check_optimized_metric",
+    "defense_kinds",
     "eps_grids",
     "evaluate",
     "headline",

@@ -6,7 +6,8 @@ Examples:
     python -m experiments.run experiment=mnist_fast_at
     python -m experiments.run -m defense=none,fgsm_at attack=fgsm,pgd hydra/launcher=joblib
 
-The Hydra main returns the headline robust accuracy, so sweepers (e.g. Optuna) can optimise it.
+The Hydra main returns the metric named by ``optimized_metric`` (default ``headline_robust_acc``,
+the worst-case robust accuracy at ``eval.headline``), so sweepers (e.g. Optuna) can optimise it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torch import nn
 
 import experiments  # noqa: F401  (registers the ${frac:...} and ${mul:...} resolvers)
 import robustbench_local as rbl
+from defenses.storage import atomic_write_json
 from experiments import pipeline, tracking
 from experiments.callbacks import parent_run_id
 
@@ -44,6 +46,8 @@ class Results:
         run_id: The MLflow run id (None when tracking is off).
         manifest: Seeds, versions and digests needed to reproduce the run.
         health: Health flags of every curve, as dicts.
+        metrics: The run's scalar metrics, named as in MLflow (``headline_robust_acc``,
+            ``clean_acc``, ``cost/<norm>/<label>/<key>``).
     """
 
     curves: dict[str, rbl.Curve]
@@ -54,6 +58,7 @@ class Results:
     run_id: str | None = None
     manifest: dict[str, Any] = field(default_factory=dict)
     health: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
         """The curves' tables and the headline, for the terminal."""
@@ -121,11 +126,7 @@ def _results(
     cfg: DictConfig, curves: dict[str, rbl.Curve], model: nn.Module, out: Path, data: Any
 ) -> Results:
     first = next(iter(curves.values()))
-    health = [
-        {"norm": norm, **(h.to_dict() if hasattr(h, "to_dict") else dict(h))}
-        for norm, c in curves.items()
-        for h in c.health
-    ]
+    health = [{"norm": norm, **h.to_dict()} for norm, c in curves.items() for h in c.health]
     manifest = {
         "seed": cfg.seed,
         "device": str(pipeline.resolve_device(cfg.device)),
@@ -138,35 +139,56 @@ def _results(
         "eval_indices_digest": pipeline.tensor_digest(first.indices),
         "weights_digest": rbl.weights_digest(model),
     }
+    headline = pipeline.headline(cfg, curves)
     return Results(
         curves=curves,
-        headline=pipeline.headline(cfg, curves),
+        headline=headline,
         clean_accuracy=first.clean_accuracy,
         model=model,
         output_dir=out,
         manifest=manifest,
         health=health,
+        metrics=tracking.scalar_metrics(curves, headline),
     )
 
 
 def _write_local(results: Results) -> None:
     """Curves, plots and the manifest in the output folder (also without MLflow)."""
-    import json
-
     for norm, curve in results.curves.items():
-        (results.output_dir / f"curve_{norm}.json").write_text(json.dumps(curve.to_dict()))
+        atomic_write_json(results.output_dir / f"curve_{norm}.json", curve.to_dict(), indent=None)
         curve.plot(str(results.output_dir / f"curve_{norm}.png"), title=f"{norm} robustness")
-    (results.output_dir / "manifest.json").write_text(json.dumps(results.manifest, indent=2))
+    atomic_write_json(results.output_dir / "manifest.json", results.manifest, indent=2)
+
+
+def optimized_value(results: Results, name: str | None) -> float | None:
+    """The value of the scalar metric ``name`` of a run (``optimized_metric``), for sweepers.
+
+    ``None`` when ``name`` is None, or when it is ``headline_robust_acc`` and no curve was
+    computed in the headline norm.
+
+    Raises:
+        ValueError: ``name`` is not one of the run's scalar metrics (they are listed).
+    """
+    if name is None:
+        return None
+    if name in results.metrics:
+        return results.metrics[name]
+    if name == "headline_robust_acc":
+        return None
+    raise ValueError(
+        f"optimized_metric={name!r} is not a metric of this run; it has: "
+        f"{', '.join(sorted(results.metrics))}"
+    )
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point: run, print the summary, return the headline robust accuracy."""
+    """Hydra entry point: run, print the summary, return the ``optimized_metric``."""
     logger.debug("config:\n%s", OmegaConf.to_yaml(cfg))
     results = run(cfg)
     print(results.summary())
     print(f"outputs: {results.output_dir}")
-    return results.headline
+    return optimized_value(results, cfg.get("optimized_metric"))
 
 
 if __name__ == "__main__":

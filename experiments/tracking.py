@@ -160,19 +160,9 @@ class RunLogger:
 
     def curves(self, curves: Mapping[str, Any], headline: float | None) -> None:
         """Robustness curves as step-indexed metrics plus JSON, table, CSV and PNG artifacts."""
-        values: dict[str, float | list[float]] = {}
         for norm, curve in curves.items():
-            values["clean_acc"] = curve.clean_accuracy
-            values[f"eps/{norm}"] = curve.eps.tolist()
-            for label in curve.attacks:
-                values[metric_key("robust_acc", norm, label)] = curve.accuracy(label).tolist()
-                for key, v in curve.cost.get(label, {}).items():
-                    values[metric_key("cost", norm, label, key)] = float(v)
-            values[f"robust_acc/{norm}/worst_case"] = curve.worst_case().tolist()
             self._curve_artifacts(norm, curve)
-        if headline is not None:
-            values["headline_robust_acc"] = headline
-        self.metrics(values)
+        self.metrics(curve_metrics(curves, headline))
 
     def _curve_artifacts(self, norm: str, curve: Any) -> None:
         mlflow.log_dict(curve.to_dict(), f"curves/{norm}.json")
@@ -209,6 +199,35 @@ class RunLogger:
     def manifest(self, manifest: Mapping[str, Any]) -> None:
         """The reproducibility manifest as ``manifest.json``."""
         mlflow.log_dict(dict(manifest), "manifest.json")
+
+
+def curve_metrics(
+    curves: Mapping[str, Any], headline: float | None
+) -> dict[str, float | list[float]]:
+    """The metrics of a run's curves (lists: one value per eps step), named as in the layout above.
+
+    Scalars: ``clean_acc``, ``headline_robust_acc`` (when there is a headline) and
+    ``cost/<norm>/<label>/<key>``; lists: ``eps/<norm>`` and ``robust_acc/<norm>/<label>``.
+    """
+    values: dict[str, float | list[float]] = {}
+    for norm, curve in curves.items():
+        values["clean_acc"] = curve.clean_accuracy
+        values[f"eps/{norm}"] = curve.eps.tolist()
+        for label in curve.attacks:
+            values[metric_key("robust_acc", norm, label)] = curve.accuracy(label).tolist()
+            for key, v in curve.cost.get(label, {}).items():
+                values[metric_key("cost", norm, label, key)] = float(v)
+        values[f"robust_acc/{norm}/worst_case"] = curve.worst_case().tolist()
+    if headline is not None:
+        values["headline_robust_acc"] = headline
+    return values
+
+
+def scalar_metrics(curves: Mapping[str, Any], headline: float | None) -> dict[str, float]:
+    """The scalar metrics of :func:`curve_metrics` (what a sweeper can optimise)."""
+    return {
+        k: float(v) for k, v in curve_metrics(curves, headline).items() if not isinstance(v, list)
+    }
 
 
 def per_example_csv(curve: Any) -> str:
@@ -279,6 +298,7 @@ def _format_error(err: BaseException) -> str:
 
 __all__ = [
     "RunLogger",
+    "curve_metrics",
     "ensure_experiment",
     "flat_params",
     "git_commit",
@@ -287,6 +307,7 @@ __all__ = [
     "mlflow_run",
     "per_example_csv",
     "run_tags",
+    "scalar_metrics",
     "tracking_uri",
     "versions",
 ]

@@ -8,16 +8,16 @@ from torch.utils.data import TensorDataset
 
 import attacks
 import defenses
+import robustbench_local.models as rbl
 from attacks.adaptive import BPDA
 from defenses.detection import FeatureSqueezing
+from robustbench_local.data import load_dataset
 
-rbl = pytest.importorskip("robustbench_local.models")
+pytestmark = pytest.mark.slow  # trains CNNs on an MNIST subset: about a minute on one core
 
 
 @pytest.fixture(scope="module")
 def mnist_small(mnist_dir):
-    from robustbench_local.data import load_dataset
-
     train, test = load_dataset("mnist", mnist_dir)
     x, y = train.tensors
     tx, ty = test.tensors

@@ -7,15 +7,25 @@ import math
 import pytest
 from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf
-from torch import nn
 
 import attacks
+import defenses
 from experiments import pipeline
 from experiments.instantiate import build
 
-from .conftest import options
+from .conftest import CONF, options
 
-GROUPS = ["dataset", "model", "train", "attack", "defense", "eval", "tracking", "experiment"]
+GROUPS = [
+    "dataset",
+    "train/dataset",
+    "model",
+    "train",
+    "attack",
+    "defense",
+    "eval",
+    "tracking",
+    "experiment",
+]
 NEEDS_VALUE = {("model", "checkpoint"), ("model", "custom")}
 
 
@@ -33,32 +43,70 @@ def test_every_option_composes_and_resolves(make_cfg, group, option):
 
 @pytest.mark.parametrize("option", options("attack"))
 def test_attack_options_build_attacks(make_cfg, option):
-    cfg = make_cfg([f"attack=[{option}]"])
+    cfg = make_cfg([f"attack=[{option}]", "seed=7"])
     ((label, node),) = cfg.attack.items()
-    attack = build(node, "attack")(seed=0)
-    assert isinstance(attack, attacks.Attack)
-    assert label == option
+    attack = build(node, "attack")(seed=cfg.seed)
+    assert label == option and attack.seed == 7
+    assert type(attack) is type(attacks.create(node.name))
+    assert attack.norm.value == node.get("norm", attack.norm.value)
+    assert attack.norm.value in pipeline.eps_grids(cfg)
+    if "steps" in node:
+        assert attack.steps == node.steps
 
 
 @pytest.mark.parametrize("option", options("defense"))
-def test_defense_options_build(make_cfg, option):
+def test_defense_options_build_what_their_kind_says(make_cfg, option):
     cfg = make_cfg([f"defense={option}"])
     obj = build(cfg.defense, "defense")
+    kinds = pipeline.defense_kinds(cfg.defense, "defense")
     if option == "none":
-        assert obj is None
-    else:
-        assert hasattr(obj, "fit") or hasattr(obj, "wrap")
+        assert obj is None and kinds == ()
+        return
+    assert obj.name == option and kinds == defenses.kinds(option)
+    settings = OmegaConf.to_container(cfg.defense, resolve=True)
+    if "training" in kinds:
+        assert obj.trainer.epochs == settings["epochs"]
+        assert obj.trainer.batch_size == settings.get("batch_size", obj.trainer.batch_size)
+    if "eps" in settings:
+        assert obj.eps == pytest.approx(settings["eps"])
+    if kinds == ("inference",):
+        cls = defenses.DEFENSES.metadata(option)["preprocessor"]
+        assert type(obj.preprocessor) is cls
+        for key, value in settings.items():
+            if key not in ("_target_", "name"):
+                assert getattr(obj.preprocessor, key) == value
 
 
 @pytest.mark.parametrize("option", [o for o in options("model") if ("model", o) not in NEEDS_VALUE])
 def test_zoo_models_build(make_cfg, option):
     model = build(make_cfg([f"model={option}"]).model, "model")
-    assert isinstance(model, nn.Module)
+    assert model.arch == option and model.num_classes == 10
+
+
+@pytest.mark.parametrize("dataset", options("dataset"))
+def test_training_defaults_follow_the_dataset(make_cfg, dataset):
+    cfg = make_cfg([f"dataset={dataset}"])
+    own = OmegaConf.load(CONF / "train" / "dataset" / f"{dataset}.yaml")
+    assert not {"epochs", "train_eps", "guard_n"} & set(cfg.dataset)
+    assert (cfg.train.epochs, cfg.train.guard_n) == (own.epochs, own.guard_n)
+    assert cfg.defense.eps == cfg.train.eps == cfg.eval.headline.eps
+    assert cfg.defense.epochs == cfg.train.epochs == cfg.train.base.epochs
+    assert cfg.defense.guard_n == cfg.train.guard_n
+    assert make_cfg([f"dataset={dataset}", "train.epochs=3"]).defense.epochs == 3
+
+
+def test_train_standard_reuses_the_standard_defense_recipe(make_cfg):
+    base = OmegaConf.to_container(make_cfg(["train=standard"]).train.base, resolve=True)
+    recipe = OmegaConf.to_container(make_cfg(["defense=standard"]).defense, resolve=True)
+    assert base == recipe
+    none = make_cfg(["train=none", "defense=none"])
+    assert none.train.base is None and build(none.defense, "defense") is None
+    assert none.train.epochs == make_cfg().train.epochs  # still there for training defenses
 
 
 def test_fraction_resolver_reads_eps_over_255(make_cfg):
     cfg = make_cfg(["dataset=cifar10"])
-    assert math.isclose(cfg.dataset.train_eps, 8 / 255)
+    assert math.isclose(cfg.train.eps, 8 / 255)
     assert math.isclose(pipeline.eps_grids(cfg)["linf"][3], 8 / 255)
     grid = pipeline.eps_grids(make_cfg(["eval.eps.linf=[1/255,2/255]"]))["linf"]
     assert grid == pytest.approx([1 / 255, 2 / 255])
@@ -79,6 +127,9 @@ def test_unknown_option_lists_the_valid_ones(make_cfg):
         ("eval.headline.eps=0.25", "not on the linf grid"),
         ("eval.n_examples=-3", "positive integer"),
         ("~eval.eps.l2", "norm"),
+        ("optimized_metric=robust_acc", "not a scalar metric of the run"),
+        ("defense.name=nothing", "not a registered defense"),
+        ("train.base.name=median_filter", "base training needs a training defense"),
     ],
 )
 def test_bad_eval_config_fails_before_training(make_cfg, override, match):

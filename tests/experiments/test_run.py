@@ -6,18 +6,35 @@ import pytest
 from mlflow import MlflowClient
 
 from experiments.compare import run_curves
-from experiments.run import run
+from experiments.run import optimized_value, run
 
 from .conftest import options, tiny
 
 
+def headline_from_curve(res, cfg) -> float:
+    """Fraction correct and robust to every headline attack at the headline eps, from the curve."""
+    curve = res.curves[cfg.eval.headline.norm]
+    eps = curve.eps.tolist()
+    (k,) = [i for i, e in enumerate(eps) if e == pytest.approx(cfg.eval.headline.eps)]
+    robust = curve.clean_correct.clone()
+    for label in curve.headline_labels:
+        robust &= curve.robust[label][k]
+    worst = float(robust.float().mean())
+    assert worst <= min(float(curve.accuracy(label)[k]) for label in curve.attacks)
+    assert worst <= res.clean_accuracy
+    return worst
+
+
+@pytest.mark.slow
 def test_default_experiment_logs_curves_to_mlflow(make_cfg, sqlite_uri, tmp_path):
     cfg = make_cfg(tiny(["defense.epochs=2", f"+output_dir={tmp_path / 'out'}"], ["pgd", "cw_l2"]))
     res = run(cfg)
     assert set(res.curves) == {"linf", "l2"}
     linf = res.curves["linf"]
     assert linf.attacks == ["fgsm", "pgd"] and res.curves["l2"].attacks == ["cw_l2"]
-    assert 0.0 <= res.headline <= res.clean_accuracy
+    assert res.headline == pytest.approx(headline_from_curve(res, cfg))
+    assert optimized_value(res, cfg.optimized_metric) == res.headline
+    assert optimized_value(res, "clean_acc") == pytest.approx(res.clean_accuracy)
     assert (res.output_dir / "curve_linf.png").is_file()
 
     client = MlflowClient(sqlite_uri)
@@ -33,6 +50,8 @@ def test_default_experiment_logs_curves_to_mlflow(make_cfg, sqlite_uri, tmp_path
     assert curves.accuracy["linf"]["pgd"] == pytest.approx(linf.accuracy("pgd").tolist())
     assert curves.accuracy["linf"]["worst_case"] == pytest.approx(linf.worst_case().tolist())
     assert mrun.data.metrics["headline_robust_acc"] == pytest.approx(res.headline)
+    for key, value in res.metrics.items():
+        assert mrun.data.metrics[key] == pytest.approx(value)
     history = client.get_metric_history(res.run_id, "train/loss")
     assert [m.step for m in history] == [1, 2] or [m.step for m in history] == [0, 1]
     files = {f.path for f in client.list_artifacts(res.run_id)}
@@ -41,6 +60,7 @@ def test_default_experiment_logs_curves_to_mlflow(make_cfg, sqlite_uri, tmp_path
     assert {"curves/linf.png", "curves/linf.json", "curves/linf_per_example.csv"} <= curve_files
 
 
+@pytest.mark.slow
 def test_input_defense_reports_naive_and_adaptive_curves(make_cfg, sqlite_uri, tmp_path):
     cfg = make_cfg(tiny(["defense=bit_depth", "attack=pgd", f"+output_dir={tmp_path}"], ["pgd"]))
     res = run(cfg)
@@ -80,5 +100,6 @@ def test_every_experiment_preset_runs_end_to_end(make_cfg, preset, mnist_availab
         over += ["dataset.val_size=100", "defense.early_stopping.n=50"]
     cfg = make_cfg(tiny(over, ["pgd"]))
     res = run(cfg)
-    assert 0.0 <= res.headline <= 1.0
+    assert cfg.eval.headline.eps == cfg.train.eps
+    assert res.headline == pytest.approx(headline_from_curve(res, cfg))
     assert res.curves["linf"].n_examples == 60

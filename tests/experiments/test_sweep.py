@@ -38,6 +38,7 @@ def _parent(client: MlflowClient):
     return parent
 
 
+@pytest.mark.slow
 def test_joblib_sweep_is_one_parent_with_a_child_per_job(tmp_path, capsys):
     uri, sweep_dir = _multirun(
         tmp_path,

@@ -9,8 +9,9 @@ import torch
 from torch.utils.data import Subset
 
 import defenses
+from defenses.schedules import LRSchedule
 from defenses.storage import load_trusted
-from defenses.training import LRSchedule, Trainer
+from defenses.trainer import Trainer
 
 
 def fast(**kw):
@@ -131,7 +132,7 @@ def test_resume_without_checkpoint_starts_fresh(
     digits_sets, tmp_path, caplog, make_mlp, weights_equal
 ):
     train, _, _ = digits_sets
-    with caplog.at_level(logging.INFO, logger="defenses.training"):
+    with caplog.at_level(logging.INFO, logger="defenses"):
         model = fast(epochs=1).fit(make_mlp(), train, checkpoint_dir=tmp_path, resume=True)
     assert "starting from epoch 0" in caplog.text
     assert weights_equal(model, fast(epochs=1).fit(make_mlp(), train))
@@ -139,7 +140,7 @@ def test_resume_without_checkpoint_starts_fresh(
 
 def test_bf16_on_cpu_warns_and_trains_in_float32(digits_sets, caplog, make_mlp):
     train, _, _ = digits_sets
-    with caplog.at_level(logging.WARNING, logger="defenses.training"):
+    with caplog.at_level(logging.WARNING, logger="defenses"):
         model = fast(epochs=1, bf16=True).fit(make_mlp(), train)
     assert "only applies on CUDA" in caplog.text
     assert all(p.dtype == torch.float32 for p in model.parameters())

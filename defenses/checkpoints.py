@@ -1,0 +1,128 @@
+"""The trainer's checkpoint, ``last.pt``: written atomically after every epoch, read on resume.
+
+A checkpoint holds the model, optimiser and scheduler states, the epoch count and stop flag, the
+RNG state, every plug-in's ``state_dict`` and the metrics history, so an interrupted run resumed
+from it ends with the same weights as a straight run. Files are written with
+:func:`defenses.storage.atomic_torch_save` and read with :func:`defenses.storage.load_trusted`
+(tensors and plain data only, never code).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from defenses.plugins import Plugin, TrainState
+from defenses.storage import atomic_torch_save, load_trusted
+
+logger = logging.getLogger(__name__)
+
+LAST_CHECKPOINT = "last.pt"
+
+
+def state_to_cpu(model: nn.Module) -> dict[str, Tensor]:
+    """A detached CPU copy of ``model.state_dict()``."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def rng_state(device: torch.device) -> dict[str, Tensor]:
+    """The global torch RNG state (and the CUDA one when training on CUDA)."""
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Tensor], device: torch.device) -> None:
+    """Restore what :func:`rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def save_last(state: TrainState, plugins: Sequence[Plugin], epochs: int) -> Path:
+    """Write ``state.checkpoint_dir / last.pt`` atomically; return its path."""
+    if state.checkpoint_dir is None:
+        raise ValueError("save_last needs a TrainState with a checkpoint_dir")
+    ckpt = {
+        "epoch": state.epoch,
+        "stop": state.stop,
+        "model": state.model.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "scheduler": state.scheduler.state_dict(),
+        "rng": rng_state(state.device),
+        "plugins": [p.state_dict() for p in plugins],
+        "history": state.history,
+        "epochs": epochs,
+    }
+    return atomic_torch_save(ckpt, state.checkpoint_dir / LAST_CHECKPOINT)
+
+
+def restore_last(state: TrainState, plugins: Sequence[Plugin], epochs: int) -> bool:
+    """Restore ``last.pt`` into ``state`` and ``plugins``; False (fresh start) if there is none.
+
+    Raises:
+        ValueError: The checkpoint was saved with a different number of plug-ins.
+
+    """
+    if state.checkpoint_dir is None:
+        raise ValueError("restore_last needs a TrainState with a checkpoint_dir")
+    path = state.checkpoint_dir / LAST_CHECKPOINT
+    if not path.exists():
+        logger.info("resume=True but %s does not exist: starting from epoch 0", path)
+        return False
+    ckpt = load_trusted(path)
+    if len(ckpt["plugins"]) != len(plugins):
+        raise ValueError(
+            f"{path} was saved with {len(ckpt['plugins'])} plug-ins but this run has "
+            f"{len(plugins)}: resume with the same defense settings or use a new checkpoint_dir"
+        )
+    state.model.load_state_dict(ckpt["model"])
+    state.optimizer.load_state_dict(ckpt["optimizer"])
+    restore_scheduler(state.scheduler, state.optimizer, ckpt["scheduler"])
+    for plugin, pstate in zip(plugins, ckpt["plugins"], strict=True):
+        plugin.load_state_dict(pstate)
+    set_rng_state(ckpt["rng"], state.device)
+    state.epoch, state.stop = int(ckpt["epoch"]), bool(ckpt["stop"])
+    state.history = list(ckpt["history"])
+    if int(ckpt["epochs"]) != epochs:
+        logger.info("resuming a run planned for %d epochs with epochs=%d", ckpt["epochs"], epochs)
+    logger.info("resumed from %s after epoch %d", path, state.epoch)
+    return True
+
+
+def restore_scheduler(
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    optimizer: torch.optim.Optimizer,
+    saved: dict[str, Any],
+) -> None:
+    """Restore the step count and base rates but keep this run's schedule function.
+
+    ``LambdaLR.load_state_dict`` would also restore the saved schedule's settings (e.g. the
+    old number of epochs), which is wrong when a run is resumed with more epochs.
+    """
+    fns = scheduler.lr_lambdas
+    settings = [dict(vars(fn)) for fn in fns]
+    scheduler.load_state_dict(dict(saved))
+    for fn, cfg in zip(fns, settings, strict=True):
+        vars(fn).update(cfg)
+    step = scheduler.last_epoch
+    for group, base, fn in zip(optimizer.param_groups, scheduler.base_lrs, fns, strict=True):
+        group["lr"] = base * fn(step)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
+__all__ = [
+    "LAST_CHECKPOINT",
+    "restore_last",
+    "restore_scheduler",
+    "rng_state",
+    "save_last",
+    "set_rng_state",
+    "state_to_cpu",
+]
