@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -83,3 +91,69 @@ def digits_batch(digits) -> tuple[torch.Tensor, torch.Tensor]:
     """200 held-out digits samples."""
     x, y = digits
     return x[1200:1400].clone(), y[1200:1400].clone()
+
+
+# ------------------------------------------------------------------------ a real mlflow server
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"mlflow server exited with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"mlflow server at {url} did not answer /health within {timeout:.0f} s")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """End the server's whole process group (uvicorn workers included) by its process id."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory) -> Iterator[str]:
+    """A real ``mlflow server`` on 127.0.0.1 (SQLite store, proxied artifacts); yields its URI.
+
+    One server serves the whole session; it is stopped by its process id at the end, and its
+    port is free again afterwards.
+    """
+    root = tmp_path_factory.mktemp("mlflow_server")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [
+        str(Path(sys.executable).with_name("mlflow")),
+        "server",
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--workers", "1",
+        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination", str(root / "mlartifacts"),
+    ]  # fmt: skip
+    log = (root / "server.log").open("wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_healthy(url, proc)
+        yield url
+    finally:
+        _stop(proc)
+        log.close()
