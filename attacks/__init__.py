@@ -5,6 +5,7 @@ Example:
     >>> atk = attacks.create("pgd", norm="linf", steps=40, step_size=0.01)
     >>> res = atk(model, x, y, eps=[0.1, 0.2, 0.3])
     >>> attacks.names()
+    >>> x_adv = atk.perturb(model, x, y, eps=0.3)   # adversarial training's inner maximisation
 
 """
 
@@ -14,22 +15,24 @@ from typing import Any
 
 from attacks.adaptive import BPDA, EOT, adaptive_model, needs_adaptive
 from attacks.apgd import APGD
-from attacks.art import ARTAttack
+from attacks.art import ARTAttack, ARTMinimumNormAttack
 from attacks.base import (
     ATTACKS,
     Attack,
-    AttackContext,
-    AttackResult,
-    model_guard,
-    parse_eps,
+    FixedBudgetAttack,
+    MinimumNormAttack,
     register_attack,
 )
+from attacks.context import AttackContext, model_guard
 from attacks.cw import CarliniWagnerL2
 from attacks.fgsm import FGSM
 from attacks.pgd import PGD
 from attacks.registry import Registry
+from attacks.result import AttackResult
 from attacks.suite import AttackSuite
 from attacks.threat import Norm, ThreatModel
+from attacks.trades import TRADESKL
+from attacks.validation import parse_eps
 
 
 def create(name: str, **kwargs: Any) -> Attack:
@@ -49,12 +52,16 @@ __all__ = [
     "EOT",
     "FGSM",
     "PGD",
+    "TRADESKL",
     "ARTAttack",
+    "ARTMinimumNormAttack",
     "Attack",
     "AttackContext",
     "AttackResult",
     "AttackSuite",
     "CarliniWagnerL2",
+    "FixedBudgetAttack",
+    "MinimumNormAttack",
     "Norm",
     "Registry",
     "ThreatModel",

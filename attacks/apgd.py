@@ -9,15 +9,17 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from attacks.base import Attack, AttackContext, register_attack
+from attacks.base import AttackContext, FixedBudgetAttack, register_attack
 from attacks.losses import cross_entropy, dlr_targeted
+from attacks.restarts import BestOf, SingleRun, run_restarts
+from attacks.rng import Key, Stream
 from attacks.threat import Norm, normalize_gradient, project_and_clip, random_start
 from attacks.validation import check_number, check_positive_int
 
 logger = logging.getLogger(__name__)
 
 MOMENTUM = 0.75  # alpha in the paper
-# loss(logits, rows) -> [len(rows)] loss to maximise; ``rows`` index the samples of one run.
+# loss(logits, rows) -> [len(rows)] loss to maximise; ``rows`` index the input of ``run``.
 RowLoss = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -43,7 +45,7 @@ def _row(t: Tensor, ref: Tensor) -> Tensor:
 
 
 @register_attack("apgd_ce")
-class APGD(Attack):
+class APGD(FixedBudgetAttack):
     r"""APGD-CE: PGD whose step size adapts itself, with momentum, on the cross-entropy loss.
 
     Paper: Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of
@@ -91,72 +93,68 @@ class APGD(Attack):
         self.restarts = check_positive_int("restarts", restarts)
         self.rho = check_number("rho", rho, low=0.0, high=1.0, low_open=True)
 
-    def run(self, ctx: AttackContext, x: Tensor, y: Tensor, eps: float | None) -> Tensor:
+    def run(self, ctx: AttackContext, x: Tensor, y: Tensor, eps: float) -> Tensor:
         """Run ``restarts`` APGD runs on the cross-entropy (targeted: towards ``y``)."""
-        best = x.clone()
-        best_loss = torch.full((x.shape[0],), -math.inf, dtype=x.dtype, device=x.device)
-        done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        for _ in range(self.restarts):
-            idx = (~done).nonzero().squeeze(1)
-            if idx.numel() == 0:
-                break
-            y_i = y[idx]
 
-            def loss(logits: Tensor, rows: Tensor, y_i: Tensor = y_i) -> Tensor:
-                return cross_entropy(logits, y_i[rows], ctx.targeted)
+        def loss(logits: Tensor, rows: Tensor) -> Tensor:
+            return cross_entropy(logits, y[rows], ctx.targeted)
 
-            self._update(ctx, x, y, float(eps or 0.0), idx, loss, best, best_loss, done)
-        return best
+        return run_restarts(x, self.restarts, self._runner(ctx, x, y, eps, loss, ("ce",))).x
 
-    def _update(
+    def _runner(
+        self, ctx: AttackContext, x: Tensor, y: Tensor, eps: float, loss: RowLoss, key: Key
+    ) -> SingleRun:
+        """``single_run(rows, restart)`` of :func:`~attacks.restarts.run_restarts` for ``loss``.
+
+        ``loss(logits, rows)`` gets the rows of ``run``'s input that the logits belong to.
+        """
+
+        def single_run(rows: Tensor, restart: int) -> tuple[Tensor, Tensor, Tensor]:
+            draws = ctx.stream(rows, ("start", *key, restart))
+            return self._single_run(ctx, x[rows], y[rows], eps, rows, loss, draws)
+
+        return single_run
+
+    def _single_run(
         self,
         ctx: AttackContext,
         x: Tensor,
         y: Tensor,
         eps: float,
-        idx: Tensor,
+        rows: Tensor,
         loss: RowLoss,
-        best: Tensor,
-        best_loss: Tensor,
-        done: Tensor,
-    ) -> None:
-        """One run on ``x[idx]``; keep successes, else the point of highest loss (in place)."""
-        x_adv, run_loss, hit = self._single_run(ctx, x[idx], y[idx], eps, loss)
-        better = hit | (run_loss > best_loss[idx])
-        best[idx] = torch.where(_row(better, x_adv), x_adv, best[idx])
-        best_loss[idx] = torch.where(better, run_loss, best_loss[idx])
-        done[idx] = hit
-
-    def _single_run(
-        self, ctx: AttackContext, x: Tensor, y: Tensor, eps: float, loss: RowLoss
+        draws: Stream,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """One APGD run: final candidates, their losses (``-inf`` if fooled) and success."""
+        """One APGD run on the rows ``rows`` of ``run``'s input (here ``x``, ``y``).
+
+        Returns the final candidates, their losses (``-inf`` if fooled) and success.
+        """
         n = x.shape[0]
         out, out_loss = x.clone(), torch.full((n,), -math.inf, dtype=x.dtype, device=x.device)
         hit = torch.zeros(n, dtype=torch.bool, device=x.device)
-        rows = torch.arange(n, device=x.device)
-        start = x + random_start(x, self.norm, eps, ctx.generator)
+        local = torch.arange(n, device=x.device)  # rows of this run still attacked
+        start = x + random_start(x, self.norm, eps, draws)
         x_cur = project_and_clip(x, start, self.norm, eps, ctx.bounds)
         s = _State(x, x_cur, torch.full((n,), 2 * eps, dtype=x.dtype, device=x.device))
         marks = set(checkpoints(self.steps))
         last_mark = 0
         for i in range(self.steps):
-            f, grad, logits = ctx.loss_and_grad(s.x_cur, lambda z, r=rows: loss(z, r))
+            f, grad, logits = ctx.loss_and_grad(s.x_cur, lambda z, r=rows[local]: loss(z, r))
             s.observe(i, f, grad)
-            fooled = ctx.success(logits, y[rows])
+            fooled = ctx.success(logits, y[local])
             if bool(fooled.any()):
-                out[rows[fooled]], hit[rows[fooled]] = s.x_cur[fooled], True
+                out[local[fooled]], hit[local[fooled]] = s.x_cur[fooled], True
                 keep = ~fooled
-                rows = rows[keep]
+                local = local[keep]
                 s.select(keep)
-                if rows.numel() == 0:
+                if local.numel() == 0:
                     break
             if i in marks:
                 s.checkpoint(self.rho * (i - last_mark))
                 last_mark = i
             if i < self.steps - 1:
                 s.step(i, eps, self.norm, ctx.bounds)
-        out[rows], out_loss[rows] = s.x_max, s.f_max
+        out[local], out_loss[local] = s.x_max, s.f_max
         return out, out_loss, hit
 
 
@@ -264,11 +262,8 @@ class APGDT(APGD):
         super().__init__(norm, **kwargs)
         self.n_target_classes = check_positive_int("n_target_classes", n_target_classes)
 
-    def run(self, ctx: AttackContext, x: Tensor, y: Tensor, eps: float | None) -> Tensor:
+    def run(self, ctx: AttackContext, x: Tensor, y: Tensor, eps: float) -> Tensor:
         """Loop over target classes and restarts, attacking only the samples still robust."""
-        best = x.clone()
-        best_loss = torch.full((x.shape[0],), -math.inf, dtype=x.dtype, device=x.device)
-        done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         if ctx.targeted:
             targets = y.unsqueeze(1)
         else:
@@ -277,18 +272,15 @@ class APGDT(APGD):
             if k < self.n_target_classes:
                 logger.info("apgd_dlr: only %d other classes; using %d targets", k, k)
             targets = clean.topk(k, dim=1).indices
+        best = BestOf(x)
         for j in range(targets.shape[1]):
-            for _ in range(self.restarts):
-                idx = (~done).nonzero().squeeze(1)
-                if idx.numel() == 0:
-                    return best
-                loss = self._dlr_loss(ctx.targeted, y[idx], targets[idx, j])
-                self._update(ctx, x, y, float(eps or 0.0), idx, loss, best, best_loss, done)
-        return best
+            loss = self._dlr_loss(ctx.targeted, y, targets[:, j])
+            run_restarts(x, self.restarts, self._runner(ctx, x, y, eps, loss, ("dlr", j)), best)
+        return best.x
 
     @staticmethod
     def _dlr_loss(targeted: bool, y: Tensor, target: Tensor) -> RowLoss:
-        """The DLR loss towards ``target`` for the rows of one run."""
+        """The DLR loss towards ``target`` (both indexed by the rows of ``run``'s input)."""
         if targeted:  # ``y`` holds the targets; the true class is unknown
             return lambda logits, rows: _dlr_to_target(logits, target[rows])
         return lambda logits, rows: dlr_targeted(logits, y[rows], target[rows])

@@ -1,269 +1,83 @@
-"""The sealed attack interface: ``Attack.__call__`` owns validation, the eps loop and bookkeeping.
+"""The sealed attack interface: two kinds of attack behind one final ``__call__``.
 
-Subclasses implement only :meth:`Attack.run`, which maps a batch of still-robust samples and one
-budget to candidate adversarial inputs. Everything a user relies on (inputs checked, outputs in
-bounds and inside the ball, nested eps semantics, the model restored, determinism, cost
-accounting) lives here once, in the style of Foolbox 3's ``attacks/base.py``.
+In the style of Foolbox 3's ``attacks/base.py`` (``FixedEpsilonAttack`` vs
+``MinimizationAttack``), every attack derives from one of two base classes:
+
+- :class:`FixedBudgetAttack` (FGSM, PGD, APGD, suites): ``run(ctx, x, y, eps)`` maps still-robust
+  samples and one budget to candidates. The sealed call runs the budgets in increasing order,
+  each only on the samples no smaller budget broke (the balls are nested), and clips every
+  candidate into the bounds and the ball. :meth:`FixedBudgetAttack.perturb` is the inner
+  maximisation of adversarial training: the same ``run`` on every sample, no bookkeeping.
+- :class:`MinimumNormAttack` (Carlini-Wagner, DeepFool): ``run(ctx, x, y)`` searches for each
+  sample's smallest successful perturbation; the sealed call runs it once and thresholds the
+  norms at every eps.
+
+``Attack.__call__`` is ``typing.final`` and owns everything a user relies on: inputs, labels,
+budgets and ids checked, the model guarded and restored, clean logits checked, outputs in the
+bounds and inside the ball, success recomputed with a fresh forward pass, passes counted. A
+subclass that defines ``__call__``, ``perturb`` or ``_evaluate`` is refused when it is created;
+subclasses write ``run`` only. ``attack.minimum_norm`` is a read-only property of the kind.
+
+Randomness. Every random number an attack draws is a pure function of (``attack.seed``, the
+sample's id, the stream key) through :mod:`attacks.rng`, never of the batch: the sealed call
+takes ``ids=`` (``[N]`` int64, default ``0..N-1``) and the :class:`AttackContext` gives ``run``
+the draws of the rows it attacks (``ctx.uniform(rows, shape, key)``, ``ctx.normal``,
+``ctx.randint``), keyed by the attack's name and the budget (set by the sealed call) and a key
+naming the draw (e.g. ``("start", restart)``). A sample attacked alone, in a batch of 7 or of 500,
+at any position, gets bitwise the same random starts and, up to the float noise of the model's
+batched arithmetic, the same ``x_adv``; a sharded or resumed evaluation that passes the global
+sample indices as ``ids`` equals a single run. Same seed and inputs give the same result; another
+seed gives other draws. ``perturb`` draws a fresh seed from the global torch RNG per call (new
+numbers every training step, reproducible under ``torch.manual_seed``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
-import numbers
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar, cast, final
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from attacks.losses import misclassified
+from attacks.context import AttackContext, model_guard
 from attacks.registry import Registry
+from attacks.result import AttackResult
+from attacks.rng import draw_seed
 from attacks.threat import Norm, norm_of, project_and_clip
-from attacks.validation import looks_like_probabilities
+from attacks.validation import (
+    BOUNDS_TOL,
+    EpsLike,
+    check_bool,
+    check_bounds,
+    check_ids,
+    check_inputs,
+    check_logits,
+    check_positive_int,
+    is_scalar_eps,
+    parse_eps,
+)
 
-EpsLike = float | Sequence[float] | Tensor | None
-BOUNDS_TOL = 1e-6
-
-
-@dataclass
-class AttackResult:
-    """What an attack returns.
-
-    With a scalar ``eps`` the leading ``[K]`` dimension below is absent.
-
-    Attributes:
-        x_adv: ``[K, N, ...]`` adversarial inputs, in bounds and inside each eps-ball.
-        success: ``[K, N]`` bool; True where ``x_adv`` fools the model (a sample that is
-            misclassified clean counts as a success at every eps).
-        norms: ``[K, N]`` perturbation norms of ``x_adv - x``; for minimum-norm attacks ``[N]``,
-            the smallest successful perturbation found (``inf`` where none was found).
-        eps: ``[K]`` the budgets, in the order given.
-        clean_correct: ``[N]`` bool, the model's clean correctness (untargeted) on ``x``.
-        n_forward: per-sample forward passes spent (a batch of 100 counts 100).
-        n_backward: per-sample backward passes spent.
-        wall_time: seconds.
-        details: attack-specific extras (e.g. which suite member broke each sample).
-
-    """
-
-    x_adv: Tensor
-    success: Tensor
-    norms: Tensor
-    eps: Tensor
-    clean_correct: Tensor
-    n_forward: int = 0
-    n_backward: int = 0
-    wall_time: float = 0.0
-    details: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def robust_accuracy(self) -> Tensor:
-        """Fraction of samples not fooled: a scalar tensor, or ``[K]`` for an eps list."""
-        return (~self.success).float().mean(dim=-1)
-
-
-class AttackContext:
-    """The model as an attack sees it: counted forward and forward+backward passes.
-
-    Args:
-        model: The classifier (returns logits).
-        norm: The threat model's norm.
-        bounds: Valid input range.
-        targeted: Whether labels passed to :meth:`success` are targets.
-        generator: The seeded random generator every random draw must use.
-
-    """
-
-    def __init__(
-        self,
-        model: Callable[[Tensor], Tensor],
-        norm: Norm,
-        bounds: tuple[float, float],
-        targeted: bool,
-        generator: torch.Generator,
-    ) -> None:
-        self.model = model
-        self.norm = norm
-        self.bounds = bounds
-        self.targeted = targeted
-        self.generator = generator
-        self.n_forward = 0
-        self.n_backward = 0
-        self.details: dict[str, Any] = {}
-
-    def logits(self, x: Tensor) -> Tensor:
-        """Forward pass without gradients."""
-        self.n_forward += x.shape[0]
-        with torch.no_grad():
-            return self.model(x)
-
-    def loss_and_grad(
-        self, x: Tensor, loss_fn: Callable[[Tensor], Tensor]
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """One forward+backward: per-sample loss ``[n]``, its input gradient and the logits."""
-        self.n_forward += x.shape[0]
-        self.n_backward += x.shape[0]
-        x = x.detach().requires_grad_(True)
-        logits = self.model(x)
-        loss = loss_fn(logits)
-        (grad,) = torch.autograd.grad(loss.sum(), x)
-        return loss.detach(), grad.detach(), logits.detach()
-
-    def success(self, logits: Tensor, labels: Tensor) -> Tensor:
-        """Boolean ``[n]``: the attack goal holds for these logits."""
-        return misclassified(logits, labels, self.targeted)
-
-
-@contextlib.contextmanager
-def model_guard(model: nn.Module, eval_mode: bool = True) -> Iterator[None]:
-    """Run the attack on a frozen (and by default eval-mode) model; restore it afterwards.
-
-    Parameters get ``requires_grad=False`` during the attack, so no weight gradients are computed,
-    and every module's ``training`` flag and every parameter's ``requires_grad`` are restored on
-    exit, even when the attack raises.
-    """
-    if not isinstance(model, nn.Module):
-        with torch.enable_grad():
-            yield
-        return
-    modes = [(m, m.training) for m in model.modules()]
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        if eval_mode:
-            model.eval()
-        for p, _ in flags:
-            p.requires_grad_(False)
-        with torch.enable_grad():
-            yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
-        for p, flag in flags:
-            p.requires_grad_(flag)
-
-
-def parse_eps(eps: EpsLike, *, allow_none: bool = False) -> list[float] | None:
-    """Validate ``eps`` (a number, a sequence or a 0-/1-d tensor) into a list of floats.
-
-    Raises:
-        TypeError: Non-numeric eps (strings, booleans, nested lists).
-        ValueError: NaN, infinite or negative eps, an empty list, or a missing eps.
-
-    """
-    if eps is None:
-        if allow_none:
-            return None
-        raise ValueError(
-            "eps is required for this attack: pass eps=0.3 or a list such as eps=[0.1, 0.3]"
-        )
-    if isinstance(eps, Tensor):
-        if eps.dim() > 1:
-            raise ValueError(f"eps tensor must be 0-d or 1-d, got shape {tuple(eps.shape)}")
-        values: list[Any] = eps.flatten().tolist()
-    elif isinstance(eps, numbers.Real) and not isinstance(eps, bool):
-        values = [eps]
-    elif isinstance(eps, Sequence) and not isinstance(eps, str | bytes):
-        values = list(eps)
-    else:
-        raise TypeError(f"eps must be a number or a list of numbers, got {type(eps).__name__}")
-    if not values:
-        raise ValueError("eps list is empty; pass at least one budget")
-    out = []
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, numbers.Real):
-            raise TypeError(f"eps values must be numbers, got {v!r} ({type(v).__name__})")
-        v = float(v)
-        if math.isnan(v) or math.isinf(v):
-            raise ValueError(f"eps must be finite, got {v}")
-        if v < 0:
-            raise ValueError(f"eps must be >= 0, got {v}")
-        out.append(v)
-    return out
-
-
-def check_inputs(x: Tensor, y: Tensor, bounds: tuple[float, float], name: str = "y") -> Tensor:
-    """Validate ``x`` and labels ``y``; return ``y`` as int64 on ``x``'s device.
-
-    Raises:
-        TypeError: Non-tensor or non-float ``x``; non-integer labels.
-        ValueError: Wrong shapes, non-finite ``x`` or ``x`` outside ``bounds``.
-
-    """
-    if not isinstance(x, Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(
-            f"x must be a float tensor in {bounds}, got dtype {x.dtype}; divide uint8 images by 255"
-        )
-    if x.dim() < 2 or x.shape[0] == 0:
-        raise ValueError(f"x must be a non-empty batch [N, ...], got shape {tuple(x.shape)}")
-    if not torch.isfinite(x).all():
-        raise ValueError("x contains NaN or infinite values")
-    lo, hi = bounds
-    x_min, x_max = float(x.min()), float(x.max())
-    if x_min < lo - BOUNDS_TOL or x_max > hi + BOUNDS_TOL:
-        raise ValueError(
-            f"x has values in [{x_min:.4g}, {x_max:.4g}], outside the bounds ({lo}, {hi}). "
-            "Pass unnormalised inputs in bounds and put normalisation inside the model "
-            "(or set bounds= on the attack)."
-        )
-    if not isinstance(y, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of class indices, got {type(y).__name__}")
-    if y.dtype.is_floating_point or y.dtype == torch.bool or y.is_complex():
-        raise TypeError(f"{name} must hold integer class indices, got dtype {y.dtype}")
-    if y.shape != (x.shape[0],):
-        raise ValueError(f"{name} must have shape [N] = [{x.shape[0]}], got {tuple(y.shape)}")
-    return y.to(device=x.device, dtype=torch.long)
-
-
-def check_logits(logits: Tensor, n: int, labels: Sequence[Tensor]) -> None:
-    """Check the model's output is ``[N, C]`` finite logits and every label is a valid class.
-
-    Raises:
-        ValueError: Wrong shape, NaN/inf outputs, probabilities instead of logits, or labels
-            outside ``[0, C)``.
-
-    """
-    if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != n:
-        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-        raise ValueError(f"the model must return logits of shape [N, C] = [{n}, C], got {shape}")
-    c = logits.shape[1]
-    if c < 2:
-        raise ValueError(f"the model must return at least 2 class logits, got {c}")
-    if not torch.isfinite(logits).all():
-        raise ValueError("the model returned NaN or infinite logits for the clean inputs")
-    if looks_like_probabilities(logits):
-        raise ValueError(
-            "the model's outputs are non-negative and sum to 1 per row: they look like "
-            "probabilities. Return logits (remove the final softmax)."
-        )
-    for y in labels:
-        if bool((y < 0).any()) or bool((y >= c).any()):
-            raise ValueError(
-                f"labels must lie in [0, {c}), got values in [{int(y.min())}, {int(y.max())}]"
-            )
+Model = Callable[[Tensor], Tensor]
+SEALED_METHODS = frozenset({"__call__", "perturb", "_evaluate"})
 
 
 class Attack(ABC):
-    """Base class of every attack.
+    """Common base of the two kinds of attack; subclass one of them, never this class.
 
     Args:
         norm: The threat model's norm (``linf`` or ``l2``).
         bounds: Valid input range ``(lo, hi)``; ``x`` must lie inside it.
         targeted: If True, ``__call__`` needs ``target=`` labels and succeeds when the model
             predicts them.
-        seed: Seed of the attack's random generator; same seed and inputs give the same result.
+        seed: Seed of the attack's random draws; same seed and inputs give the same result.
         eval_mode: Put the model in eval mode during the attack (restored afterwards).
             Adversarial training may pass False to attack the model as it trains.
 
     """
 
     name: ClassVar[str] = "attack"
-    minimum_norm: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -275,13 +89,26 @@ class Attack(ABC):
         eval_mode: bool = True,
     ) -> None:
         self.norm = Norm.parse(norm)
-        lo, hi = (float(b) for b in bounds)
-        if not lo < hi:
-            raise ValueError(f"bounds must satisfy lo < hi, got {bounds}")
-        self.bounds = (lo, hi)
-        self.targeted = bool(targeted)
-        self.seed = int(seed)
-        self.eval_mode = bool(eval_mode)
+        self.bounds = check_bounds(bounds)
+        self.targeted = check_bool("targeted", targeted)
+        self.seed = check_positive_int("seed", seed, minimum=0)
+        self.eval_mode = check_bool("eval_mode", eval_mode)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Refuse subclasses that override the sealed methods (outside this module)."""
+        super().__init_subclass__(**kwargs)
+        overridden = sorted(SEALED_METHODS & set(vars(cls)))
+        if overridden and cls.__module__ != __name__:
+            raise TypeError(
+                f"{cls.__name__} overrides the sealed {', '.join(overridden)} of attacks.Attack; "
+                "write run() instead (the base class owns validation, the eps loop, clipping "
+                "and bookkeeping)"
+            )
+
+    @property
+    @abstractmethod
+    def minimum_norm(self) -> bool:
+        """True for minimum-norm attacks (norms thresholded at each eps), False for fixed-budget."""
 
     def config(self) -> dict[str, Any]:
         """The attack's settings, for logging and baselines."""
@@ -295,30 +122,16 @@ class Attack(ABC):
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "name")
         return f"{type(self).__name__}({args})"
 
-    @abstractmethod
-    def run(self, ctx: AttackContext, x: Tensor, y: Tensor, eps: float | None) -> Tensor:
-        """Return candidate adversarial inputs for a batch of samples the model gets right.
-
-        Args:
-            ctx: Counted model access, norm, bounds and the seeded generator.
-            x: ``[n, ...]`` clean inputs.
-            y: ``[n]`` true labels, or target labels for a targeted attack.
-            eps: The budget (``None`` for minimum-norm attacks, which search for it).
-
-        Returns:
-            ``[n, ...]`` candidates; the caller clips them into bounds and the ball and checks
-            them with a fresh forward pass.
-
-        """
-
+    @final
     def __call__(
         self,
-        model: Callable[[Tensor], Tensor],
+        model: Model,
         x: Tensor,
         y: Tensor,
         *,
         eps: EpsLike = None,
         target: Tensor | None = None,
+        ids: Tensor | None = None,
     ) -> AttackResult:
         """Attack ``model`` on ``(x, y)`` at one budget or a list of budgets.
 
@@ -330,56 +143,110 @@ class Attack(ABC):
                 broken at a smaller eps is broken at every larger one). Optional for
                 minimum-norm attacks.
             target: ``[N]`` target labels, required when the attack is targeted.
+            ids: ``[N]`` non-negative int sample ids (default ``0..N-1``); every random draw of
+                a sample is derived from (seed, id), so pass global indices when a data set is
+                attacked in batches or shards.
 
         Returns:
             An :class:`AttackResult`.
 
         """
         start = time.perf_counter()
-        eps_list = parse_eps(eps, allow_none=self.minimum_norm)
+        eps_list = self._budgets(eps)
         x, y = _detach_inputs(x), _detach_inputs(y)
         y = check_inputs(x, y, self.bounds)
-        labels = y
-        if self.targeted:
-            if target is None:
-                raise ValueError(f"{self.name} is targeted: pass target= labels of shape [N]")
-            labels = check_inputs(x, _detach_inputs(target), self.bounds, name="target")
-        elif target is not None:
-            raise ValueError(
-                f"{self.name} is untargeted; create it with targeted=True to use target="
-            )
-        generator = torch.Generator(device=x.device).manual_seed(self.seed)
+        labels = self._labels(x, y, target)
+        ids = check_ids(_detach_inputs(ids), x.shape[0], x.device)
         with model_guard(model, self.eval_mode):
-            ctx = AttackContext(model, self.norm, self.bounds, self.targeted, generator)
+            ctx = AttackContext(
+                model, self.norm, self.bounds, self.targeted, seed=self.seed, ids=ids, dtype=x.dtype
+            )
             clean_logits = ctx.logits(x)
             check_logits(clean_logits, x.shape[0], [y, labels])
-            clean_correct = clean_logits.argmax(1) == y
             clean_success = ctx.success(clean_logits, labels)
-            if eps_list is None or self.minimum_norm:
-                result = self._minimum_norm(ctx, x, labels, clean_success, eps_list)
-            else:
-                result = self._fixed_budget(ctx, x, labels, clean_success, eps_list)
-        result.clean_correct = clean_correct
+            result = self._evaluate(ctx, x, labels, clean_success, eps_list)
+        result.clean_correct = clean_logits.argmax(1) == y
         result.details = ctx.details
         result.n_forward, result.n_backward = ctx.n_forward, ctx.n_backward
         result.wall_time = time.perf_counter() - start
-        if eps is None or _is_scalar(eps):
-            result.x_adv, result.success = result.x_adv[0], result.success[0]
-            result.eps = result.eps[0]
-            if not self.minimum_norm:
-                result.norms = result.norms[0]
+        if eps is None or is_scalar_eps(eps):
+            self._squeeze(result)
         return result
 
-    def _fixed_budget(
+    def _labels(self, x: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
+        """The labels the attack goal refers to: ``y``, or the checked targets."""
+        if self.targeted:
+            if target is None:
+                raise ValueError(f"{self.name} is targeted: pass target= labels of shape [N]")
+            return check_inputs(x, _detach_inputs(target), self.bounds, name="target")
+        if target is not None:
+            raise ValueError(
+                f"{self.name} is untargeted; create it with targeted=True to use target="
+            )
+        return y
+
+    @abstractmethod
+    def _budgets(self, eps: EpsLike) -> list[float] | None:
+        """The validated budgets of a call."""
+
+    @abstractmethod
+    def _evaluate(
         self,
         ctx: AttackContext,
         x: Tensor,
         labels: Tensor,
         clean_success: Tensor,
-        eps_list: list[float],
+        eps_list: list[float] | None,
+    ) -> AttackResult:
+        """Attack every budget (implemented once per kind; sealed)."""
+
+    @abstractmethod
+    def _squeeze(self, result: AttackResult) -> None:
+        """Drop the leading budget dimension of a result for a scalar (or no) eps."""
+
+
+class FixedBudgetAttack(Attack):
+    """An attack that looks for an adversarial example inside a given eps-ball.
+
+    Subclasses implement :meth:`run`. See :class:`Attack` for the arguments.
+    """
+
+    @property
+    def minimum_norm(self) -> bool:
+        """False: budgets are given, each sample is attacked inside each ball."""
+        return False
+
+    @abstractmethod
+    def run(self, ctx: AttackContext, x: Tensor, y: Tensor, eps: float) -> Tensor:
+        """Return candidate adversarial inputs for a batch of samples.
+
+        Args:
+            ctx: Counted model access, norm, bounds and the rows' random draws.
+            x: ``[n, ...]`` clean inputs.
+            y: ``[n]`` true labels, or target labels for a targeted attack.
+            eps: The budget (``> 0``).
+
+        Returns:
+            ``[n, ...]`` candidates; the caller clips them into the bounds and the ball and
+            checks them with a fresh forward pass.
+
+        """
+
+    def _budgets(self, eps: EpsLike) -> list[float] | None:
+        return parse_eps(eps)
+
+    @final
+    def _evaluate(
+        self,
+        ctx: AttackContext,
+        x: Tensor,
+        labels: Tensor,
+        clean_success: Tensor,
+        eps_list: list[float] | None,
     ) -> AttackResult:
         """Run ``run`` per eps in increasing order, only on samples not yet broken."""
-        k = len(eps_list)
+        eps_list = list(eps_list or ())  # never empty here: _budgets requires eps
+        ids, k = ctx.ids, len(eps_list)
         x_adv = x.unsqueeze(0).repeat(k, *([1] * x.dim()))
         success = torch.zeros(k, x.shape[0], dtype=torch.bool, device=x.device)
         current, broken = x.clone(), clean_success.clone()
@@ -387,19 +254,112 @@ class Attack(ABC):
             e = eps_list[i]
             idx = (~broken).nonzero().squeeze(1)
             if e > 0 and idx.numel() > 0:
+                ctx.focus(ids[idx], (self.name, "eps", e))
                 cand = self.run(ctx, x[idx], labels[idx], e)
                 cand = project_and_clip(
                     x[idx], cand.detach().to(x.dtype), self.norm, e, self.bounds
                 )
-                hit = ctx.success(ctx.logits(cand), labels[idx])
                 current[idx] = cand
-                broken[idx] = hit
+                broken[idx] = ctx.success(ctx.logits(cand), labels[idx])
             x_adv[i], success[i] = current, broken
+        ctx.focus(ids, ())
         norms = norm_of((x_adv - x).flatten(0, 1), self.norm).view(k, -1)
         eps_t = torch.tensor(eps_list, dtype=x.dtype, device=x.device)
         return AttackResult(x_adv, success, norms, eps_t, clean_success)
 
-    def _minimum_norm(
+    def _squeeze(self, result: AttackResult) -> None:
+        result.x_adv, result.success = result.x_adv[0], result.success[0]
+        result.eps, result.norms = result.eps[0], result.norms[0]
+
+    @final
+    def perturb(
+        self,
+        model: Model,
+        x: Tensor,
+        y: Tensor,
+        eps: float,
+        bounds: tuple[float, float] | None = None,
+        *,
+        ids: Tensor | None = None,
+    ) -> Tensor:
+        """The inner maximisation of adversarial training: ``run`` on every sample of ``(x, y)``.
+
+        Unlike ``__call__``, no sample is skipped (clean-misclassified ones included) and no
+        extra forward pass is spent on bookkeeping; early stopping is whatever ``run`` itself
+        does. The model is guarded (eval mode if ``eval_mode``, parameters frozen, restored
+        afterwards). The attack is untargeted: ``y`` are the true labels. The draws use a
+        fresh seed from the global torch RNG on every call, so each training step gets new
+        random starts and a run seeded with ``torch.manual_seed`` is reproducible.
+
+        Args:
+            model: The model being trained.
+            x: ``[N, ...]`` inputs in ``bounds``.
+            y: ``[N]`` labels.
+            eps: The budget (one number ``>= 0``).
+            bounds: The valid input range of ``x`` and of the result (default the attack's
+                bounds). An attack created with wider bounds explores outside the input range
+                during its steps (Wong et al.'s unclipped random start); the returned examples
+                are always in ``bounds``.
+            ids: ``[N]`` sample ids of the draws (default ``0..N-1``).
+
+        Returns:
+            ``[N, ...]`` adversarial examples inside the eps-ball and ``bounds``.
+
+        Raises:
+            TypeError: ``eps`` is not one number.
+            ValueError: ``x`` outside ``bounds``, bad labels or ids, a negative eps.
+
+        """
+        if not is_scalar_eps(eps):
+            raise TypeError(f"perturb takes one budget, got eps={eps!r}; call it once per eps")
+        (e,) = cast(list[float], parse_eps(eps))
+        bounds = self.bounds if bounds is None else check_bounds(bounds)
+        x = _detach_inputs(x)
+        y = check_inputs(x, _detach_inputs(y), bounds)
+        ids = check_ids(_detach_inputs(ids), x.shape[0], x.device)
+        scope = (self.name, "perturb", draw_seed(), "eps", e)
+        with model_guard(model, self.eval_mode):
+            ctx = AttackContext(
+                model, self.norm, self.bounds, False, seed=self.seed, ids=ids, dtype=x.dtype
+            )
+            ctx.focus(ids, scope)
+            x_adv = self.run(ctx, x, y, e)
+        return project_and_clip(x, x_adv.detach().to(x.dtype), self.norm, e, bounds)
+
+
+class MinimumNormAttack(Attack):
+    """An attack that searches each sample's smallest successful perturbation.
+
+    ``eps`` is optional in the call; ``res.norms`` holds the norms found (``inf`` where the
+    attack failed) and ``res.success[k]`` is ``norms <= eps[k]``. Subclasses implement
+    :meth:`run`. See :class:`Attack` for the arguments.
+    """
+
+    @property
+    def minimum_norm(self) -> bool:
+        """True: the attack runs once and its norms are thresholded at every eps."""
+        return True
+
+    @abstractmethod
+    def run(self, ctx: AttackContext, x: Tensor, y: Tensor) -> Tensor:
+        """Return each sample's smallest successful adversarial input found (else anything).
+
+        Args:
+            ctx: Counted model access, norm, bounds and the rows' random draws.
+            x: ``[n, ...]`` clean inputs the model gets right.
+            y: ``[n]`` true labels, or target labels for a targeted attack.
+
+        Returns:
+            ``[n, ...]`` candidates; the caller clips them into the bounds, checks them with a
+            fresh forward pass and keeps the clean input where they fail.
+
+        """
+
+    def _budgets(self, eps: EpsLike) -> list[float] | None:
+        return parse_eps(eps, allow_none=True)
+
+    @final
+    def _evaluate(
         self,
         ctx: AttackContext,
         x: Tensor,
@@ -412,7 +372,10 @@ class Attack(ABC):
         idx = (~clean_success).nonzero().squeeze(1)
         found = clean_success.clone()
         if idx.numel() > 0:
-            cand = self.run(ctx, x[idx], labels[idx], None).detach().to(x.dtype)
+            ids = ctx.ids
+            ctx.focus(ids[idx], (self.name, "run"))
+            cand = self.run(ctx, x[idx], labels[idx]).detach().to(x.dtype)
+            ctx.focus(ids, ())
             cand = cand.clamp(*self.bounds)
             hit = ctx.success(ctx.logits(cand), labels[idx])
             best[idx] = torch.where(_expand(hit, cand), cand, x[idx])
@@ -425,16 +388,23 @@ class Attack(ABC):
         x_adv = torch.where(_expand(success, best.unsqueeze(0)), best.unsqueeze(0), x.unsqueeze(0))
         return AttackResult(x_adv, success, norms, eps_t, clean_success)
 
+    def _squeeze(self, result: AttackResult) -> None:
+        result.x_adv, result.success = result.x_adv[0], result.success[0]
+        result.eps = result.eps[0]
+
 
 ATTACKS: Registry[Attack] = Registry("attack")
 
 
-def register_attack(name: str) -> Callable[[type[Attack]], type[Attack]]:
-    """Class decorator: register an :class:`Attack` subclass under ``name`` and set its ``name``."""
+def register_attack(name: str, **metadata: Any) -> Callable[[type[Attack]], type[Attack]]:
+    """Class decorator: register an :class:`Attack` subclass under ``name`` and set its ``name``.
+
+    ``metadata`` is stored with the entry (see :meth:`attacks.registry.Registry.register`).
+    """
 
     def decorator(cls: type[Attack]) -> type[Attack]:
         cls.name = name
-        ATTACKS.register(name)(cls)
+        ATTACKS.register(name, **metadata)(cls)
         return cls
 
     return decorator
@@ -445,12 +415,6 @@ def _expand(mask: Tensor, ref: Tensor) -> Tensor:
     return mask.view(*mask.shape, *([1] * (ref.dim() - mask.dim())))
 
 
-def _is_scalar(eps: EpsLike) -> bool:
-    if isinstance(eps, Tensor):
-        return eps.dim() == 0
-    return isinstance(eps, numbers.Real)
-
-
 def _detach_inputs(t: Any) -> Any:
     """Detach tensors and turn inference-mode tensors into normal ones (attacks need autograd)."""
     if not isinstance(t, Tensor):
@@ -459,3 +423,18 @@ def _detach_inputs(t: Any) -> Any:
         with torch.inference_mode(False):
             return t.clone()
     return t.detach()
+
+
+__all__ = [
+    "ATTACKS",
+    "Attack",
+    "AttackContext",
+    "AttackResult",
+    "FixedBudgetAttack",
+    "MinimumNormAttack",
+    "check_inputs",
+    "check_logits",
+    "model_guard",
+    "parse_eps",
+    "register_attack",
+]

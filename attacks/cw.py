@@ -7,10 +7,10 @@ import math
 import torch
 from torch import Tensor
 
-from attacks.base import Attack, AttackContext, register_attack
+from attacks.base import AttackContext, MinimumNormAttack, register_attack
 from attacks.losses import cw_margin
 from attacks.threat import Norm
-from attacks.validation import check_number, check_positive_int
+from attacks.validation import check_bool, check_number, check_positive_int
 
 _SMOOTH = 0.999999  # keeps atanh finite for pixels on the bounds (as in the authors' code)
 _BETAS = (0.9, 0.999)
@@ -19,7 +19,7 @@ _MAX_C = 1e10  # the authors' upper bound on the constant
 
 
 @register_attack("cw_l2")
-class CarliniWagnerL2(Attack):
+class CarliniWagnerL2(MinimumNormAttack):
     r"""Carlini-Wagner L2: the smallest L2 perturbation that changes the label.
 
     Paper: Carlini & Wagner, "Towards Evaluating the Robustness of Neural Networks", IEEE S&P
@@ -68,8 +68,6 @@ class CarliniWagnerL2(Attack):
 
     """
 
-    minimum_norm = True
-
     def __init__(
         self,
         norm: str | Norm = Norm.L2,
@@ -91,10 +89,10 @@ class CarliniWagnerL2(Attack):
         self.initial_const = check_number("initial_const", initial_const, low_open=True)
         self.learning_rate = check_number("learning_rate", learning_rate, low_open=True)
         self.confidence = check_number("confidence", confidence)
-        self.abort_early = bool(abort_early)
-        self.warm_start = bool(warm_start)
+        self.abort_early = check_bool("abort_early", abort_early)
+        self.warm_start = check_bool("warm_start", warm_start)
 
-    def run(self, ctx: AttackContext, x: Tensor, y: Tensor, eps: float | None) -> Tensor:
+    def run(self, ctx: AttackContext, x: Tensor, y: Tensor) -> Tensor:
         """Binary search over ``c``; return each sample's smallest successful ``x'`` (else x)."""
         n = x.shape[0]
         w0 = self._to_tanh(x, ctx.bounds)

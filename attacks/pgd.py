@@ -5,14 +5,41 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from attacks.base import Attack, AttackContext, register_attack
+from attacks.base import AttackContext, FixedBudgetAttack, register_attack
 from attacks.losses import get_loss
+from attacks.restarts import run_restarts
 from attacks.threat import Norm, normalize_gradient, project_and_clip, random_start
-from attacks.validation import check_number, check_positive_int
+from attacks.validation import check_bool, check_number, check_positive_int
+
+
+def step_size_at(
+    eps: float, steps: int, step_size: float | None, rel_step_size: float | None
+) -> float:
+    """The absolute step of an iterative attack at budget ``eps``.
+
+    ``step_size`` if given, else ``rel_step_size * eps``, else ``2.5 * eps / steps`` (the rule of
+    Madry et al.'s ``robustness`` library, so the iterate can cross the ball).
+    """
+    if step_size is not None:
+        return float(step_size)
+    rel = rel_step_size if rel_step_size is not None else 2.5 / steps
+    return rel * eps
+
+
+def check_step_sizes(
+    step_size: float | None, rel_step_size: float | None
+) -> tuple[float | None, float | None]:
+    """Validate optional absolute and relative step sizes (each ``> 0`` when given)."""
+    return (
+        None if step_size is None else check_number("step_size", step_size, low_open=True),
+        None
+        if rel_step_size is None
+        else check_number("rel_step_size", rel_step_size, low_open=True),
+    )
 
 
 @register_attack("pgd")
-class PGD(Attack):
+class PGD(FixedBudgetAttack):
     r"""PGD: iterated gradient steps projected onto the eps-ball and the input box.
 
     Paper: Madry et al., "Towards Deep Learning Models Resistant to Adversarial Attacks",
@@ -59,53 +86,40 @@ class PGD(Attack):
         **kwargs,
     ) -> None:
         super().__init__(norm, **kwargs)
-        for key, val in (("step_size", step_size), ("rel_step_size", rel_step_size)):
-            if val is not None:
-                check_number(key, val, low_open=True)
         get_loss(loss)
         self.steps = check_positive_int("steps", steps)
-        self.step_size = step_size
-        self.rel_step_size = rel_step_size
-        self.random_start = bool(random_start)
+        self.step_size, self.rel_step_size = check_step_sizes(step_size, rel_step_size)
+        self.random_start = check_bool("random_start", random_start)
         self.restarts = check_positive_int("restarts", restarts)
         self.loss = loss
-        self.early_stop = bool(early_stop)
+        self.early_stop = check_bool("early_stop", early_stop)
 
     def alpha(self, eps: float) -> float:
         """The absolute step size used at budget ``eps``."""
-        if self.step_size is not None:
-            return float(self.step_size)
-        rel = self.rel_step_size if self.rel_step_size is not None else 2.5 / self.steps
-        return rel * eps
+        return step_size_at(eps, self.steps, self.step_size, self.rel_step_size)
 
-    def run(self, ctx: AttackContext, x: Tensor, y: Tensor, eps: float | None) -> Tensor:
+    def run(self, ctx: AttackContext, x: Tensor, y: Tensor, eps: float) -> Tensor:
         """Run ``restarts`` PGD runs; later restarts attack only samples still robust."""
-        eps = float(eps or 0.0)
-        best = x.clone()
-        best_loss = torch.full((x.shape[0],), float("-inf"), device=x.device, dtype=x.dtype)
-        done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        for _ in range(self.restarts):
-            idx = (~done).nonzero().squeeze(1)
-            if idx.numel() == 0:
-                break
-            x_adv, loss, hit = self._single_run(ctx, x[idx], y[idx], eps)
-            better = hit | (loss > best_loss[idx])
-            best[idx] = torch.where(better.view(-1, *[1] * (x.dim() - 1)), x_adv, best[idx])
-            best_loss[idx] = torch.where(better, loss, best_loss[idx])
-            done[idx] = hit
-        return best
+
+        def single_run(rows: Tensor, restart: int) -> tuple[Tensor, Tensor, Tensor]:
+            return self._single_run(ctx, x[rows], y[rows], eps, rows, restart)
+
+        return run_restarts(x, self.restarts, single_run).x
 
     def _single_run(
-        self, ctx: AttackContext, x: Tensor, y: Tensor, eps: float
+        self, ctx: AttackContext, x: Tensor, y: Tensor, eps: float, rows: Tensor, restart: int
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """One PGD run. Returns the final iterates, their losses and a success mask."""
+        """One PGD run on the rows ``rows`` of ``run``'s input (here ``x``, ``y``).
+
+        Returns the final iterates, their losses and a success mask.
+        """
         loss_fn = get_loss(self.loss)
         alpha = self.alpha(eps)
         x_adv = x.clone()
         if self.random_start:
-            x_adv = project_and_clip(
-                x, x + random_start(x, self.norm, eps, ctx.generator), self.norm, eps, ctx.bounds
-            )
+            draws = ctx.stream(rows, ("start", restart))
+            start = x + random_start(x, self.norm, eps, draws)
+            x_adv = project_and_clip(x, start, self.norm, eps, ctx.bounds)
         n = x.shape[0]
         loss = torch.full((n,), float("-inf"), device=x.device, dtype=x.dtype)
         hit = torch.zeros(n, dtype=torch.bool, device=x.device)

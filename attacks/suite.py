@@ -7,15 +7,18 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from attacks.base import Attack, AttackContext
+from attacks.base import Attack, AttackContext, FixedBudgetAttack
 
 
-class AttackSuite(Attack):
+class AttackSuite(FixedBudgetAttack):
     """Per-sample worst case over a list of attacks, at the cost of running each on survivors.
 
     Each attack runs in the order given on the samples that every earlier attack failed to
     break; a sample counts as robust only if no attack breaks it. This is the cascade of
-    AutoAttack (Croce & Hein, ICML 2020), never an average over attacks.
+    AutoAttack (Croce & Hein, ICML 2020), never an average over attacks. The suite is a
+    fixed-budget attack; its members may be of either kind (a minimum-norm member is
+    thresholded at the suite's eps). Members get the sample ids of the rows they attack, so
+    their random draws do not depend on which samples earlier members broke.
 
     Args:
         attacks: Attack instances sharing one norm and one set of bounds (untargeted).
@@ -60,7 +63,7 @@ class AttackSuite(Attack):
         """The suite's settings: each member's config in order."""
         return {"name": self.name, "attacks": [a.config() for a in self._members]}
 
-    def run(self, ctx: AttackContext, x: Tensor, y: Tensor, eps: float | None) -> Tensor:
+    def run(self, ctx: AttackContext, x: Tensor, y: Tensor, eps: float) -> Tensor:
         """Run the members in turn on the survivors; return the first successful candidate."""
         cand = x.clone()
         alive = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
@@ -69,7 +72,7 @@ class AttackSuite(Attack):
             idx = alive.nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
-            res = atk(ctx.model, x[idx], y[idx], eps=eps)
+            res = atk(ctx.model, x[idx], y[idx], eps=eps, ids=ctx.ids[idx])
             ctx.n_forward += res.n_forward
             ctx.n_backward += res.n_backward
             cand[idx] = res.x_adv

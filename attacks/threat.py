@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import Protocol
 
 import torch
 from torch import Tensor
+
+from attacks.validation import check_bounds, check_number
 
 _TINY = 1e-12
 
@@ -55,11 +58,20 @@ class ThreatModel:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "norm", Norm.parse(self.norm))
-        lo, hi = self.bounds
-        if not lo < hi:
-            raise ValueError(f"bounds must satisfy lo < hi, got {self.bounds}")
-        if not self.eps >= 0:
-            raise ValueError(f"eps must be >= 0, got {self.eps}")
+        object.__setattr__(self, "bounds", check_bounds(self.bounds))
+        object.__setattr__(self, "eps", check_number("eps", self.eps))
+
+
+class Draws(Protocol):
+    """Per-sample random draws of ``[n, *shape]``, e.g. :class:`attacks.rng.Stream`."""
+
+    def uniform(self, shape: tuple[int, ...], part: object = 0) -> Tensor:
+        """Uniforms in (0, 1)."""
+        ...
+
+    def normal(self, shape: tuple[int, ...], part: object = 0) -> Tensor:
+        """Standard normals."""
+        ...
 
 
 def _per_sample(eps: float | Tensor, ref: Tensor) -> float | Tensor:
@@ -99,23 +111,29 @@ def normalize_gradient(grad: Tensor, norm: Norm) -> Tensor:
     return grad / (n + _TINY)
 
 
-def random_start(
-    x: Tensor, norm: Norm, eps: float | Tensor, generator: torch.Generator | None = None
-) -> Tensor:
+def random_start(x: Tensor, norm: Norm, eps: float | Tensor, draws: Draws) -> Tensor:
     """A random perturbation drawn uniformly from the ``eps``-ball (linf: per coordinate).
 
     For l2 the direction is Gaussian and the radius ``eps * u^(1/d)``, which is uniform in
     the ball. Returns ``delta`` (not ``x + delta``); clip it with :func:`clip_to_bounds`.
+
+    Args:
+        x: ``[n, ...]`` the points the perturbations start from.
+        norm: ``linf`` or ``l2``.
+        eps: The radius, a float or per-sample ``[n]``.
+        draws: The rows' random numbers (``ctx.stream(rows, key)`` in an attack); each row's
+            start depends on its own draws only.
+
     """
     e = _per_sample(eps, x)
+    shape = tuple(x.shape[1:])
     if Norm.parse(norm) is Norm.LINF:
-        u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        u = draws.uniform(shape).to(device=x.device, dtype=x.dtype)
         return (2 * u - 1) * e
-    g = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    g = draws.normal(shape).to(device=x.device, dtype=x.dtype)
     direction = normalize_gradient(g, Norm.L2)
-    d = x[0].numel()
-    u = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype)
-    radius = u.pow(1.0 / d).view(-1, *([1] * (x.dim() - 1)))
+    u = draws.uniform(()).to(device=x.device, dtype=x.dtype)
+    radius = u.pow(1.0 / x[0].numel()).view(-1, *([1] * (x.dim() - 1)))
     return direction * radius * e
 
 

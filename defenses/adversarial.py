@@ -4,19 +4,18 @@ Each defense is a :class:`~defenses.regularization.RegularizedDefense` whose per
 objective crafts adversarial examples with ``attacks`` and trains on them; the loop itself is
 the shared :class:`~defenses.training.Trainer`.
 
-Inner maximisation. PGD-AT and FGSM-AT run the registered ``pgd``/``fgsm`` attack's ``run``
-step (``early_stop=False``) on **every** sample of the batch, as the papers do: the sealed
-``Attack.__call__`` would skip clean-misclassified samples (right for evaluation, wrong for
-training) and spend two extra forward passes on bookkeeping. The examples are crafted with the
+Inner maximisation. PGD-AT and FGSM-AT call the registered ``pgd``/``fgsm`` attack's
+``perturb`` (``early_stop=False``) on **every** sample of the batch, as the papers do: the
+sealed ``Attack.__call__`` would skip clean-misclassified samples (right for evaluation, wrong
+for training) and spend two extra forward passes on bookkeeping. The examples are crafted with the
 model in eval mode (``eval_mode=True``): batch-norm uses its running statistics, the attack's
 forward passes do not pollute them, and dropout does not randomise the attack's gradients. Pass
 ``eval_mode=False`` to attack the model in train mode as Wong et al.'s and Rice et al.'s code do.
 Each batch's random start draws its seed from the global torch RNG, which the Trainer seeds and
 checkpoints, so runs are reproducible and resumable.
 
-TRADES' inner loss (KL divergence to the clean prediction) is not one of the attacks' losses, so
-its loop is written here with the ``attacks.threat`` operations (random start, gradient
-normalisation, projection) and ``attacks.AttackContext``.
+TRADES' inner maximisation (PGD on the KL divergence to the clean prediction) is the registered
+``trades_kl`` attack, called through ``perturb`` like the others.
 
 Example:
     >>> d = defenses.create("fgsm_at", eps=0.3, alpha=0.375, epochs=10)
@@ -36,8 +35,8 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
 import attacks
-from attacks.base import AttackContext, check_inputs, model_guard
-from attacks.threat import Norm, normalize_gradient, project_and_clip, random_start
+from attacks.base import check_inputs
+from attacks.threat import Norm
 from attacks.validation import check_number, check_positive_int
 from defenses.monitors import OverfitGuard
 from defenses.registry import register_defense
@@ -45,12 +44,6 @@ from defenses.regularization import RegularizedDefense
 from defenses.training import Plugin
 
 logger = logging.getLogger(__name__)
-
-
-def _draw_generator(device: torch.device) -> torch.Generator:
-    """A generator seeded from the global torch RNG (seeded and checkpointed by the Trainer)."""
-    seed = int(torch.randint(0, 2**62, (1,)).item())
-    return torch.Generator(device=device).manual_seed(seed)
 
 
 def perturb(
@@ -61,31 +54,23 @@ def perturb(
     eps: float,
     bounds: tuple[float, float] | None = None,
 ) -> Tensor:
-    """Adversarial examples for every sample of ``(x, y)`` from ``attack``'s ``run`` step.
+    """Adversarial examples for every sample of ``(x, y)``: ``attack.perturb(...)``.
 
-    The model is guarded (eval mode if ``attack.eval_mode``, parameters frozen, restored
-    afterwards) and the result is projected into the eps-ball and ``bounds``.
-
-    Args:
-        attack: A fixed-budget attack (its ``run`` is called on every sample).
-        model: The model being trained.
-        x: ``[N, ...]`` inputs in ``bounds``.
-        y: ``[N]`` labels.
-        eps: The budget.
-        bounds: The valid input range of the result (default ``attack.bounds``). An attack
-            with wider bounds explores outside the input range during its steps (Wong et al.'s
-            unclipped random start); the returned examples are always in ``bounds``.
+    A thin alias of :meth:`attacks.FixedBudgetAttack.perturb`, which guards the model, draws
+    fresh randomness from the global torch RNG (seeded and checkpointed by the Trainer) and
+    returns examples inside the eps-ball and ``bounds`` (default ``attack.bounds``).
 
     Raises:
+        TypeError: ``attack`` is not a fixed-budget attack.
         ValueError: ``x`` outside ``bounds``, bad labels.
 
     """
-    bounds = bounds if bounds is not None else attack.bounds
-    y = check_inputs(x, y, bounds)
-    with model_guard(model, attack.eval_mode):
-        ctx = AttackContext(model, attack.norm, attack.bounds, False, _draw_generator(x.device))
-        x_adv = attack.run(ctx, x, y, eps)
-    return project_and_clip(x, x_adv.detach(), attack.norm, eps, bounds)
+    if not isinstance(attack, attacks.FixedBudgetAttack):
+        raise TypeError(
+            "adversarial training needs a fixed-budget attack (pgd, fgsm, apgd_ce, trades_kl), "
+            f"got {type(attack).__name__}"
+        )
+    return attack.perturb(model, x, y, eps, bounds)
 
 
 # --------------------------------------------------------------------------- base class
@@ -377,25 +362,26 @@ class TRADES(AdversarialTraining):
         self.step_size = check_number("step_size", step_size, low_open=True)
         super().__init__(**kwargs)
 
-    def adversarial(self, model: nn.Module, x: Tensor) -> Tensor:
-        """The inner maximisation: PGD on ``KL(f(x) || f(x'))``."""
-        with model_guard(model, self.eval_mode):
-            gen = _draw_generator(x.device)
-            ctx = AttackContext(model, self.norm, self.bounds, False, gen)
-            p_clean = F.softmax(ctx.logits(x), dim=1)
-            loss_fn = kl_to_clean(p_clean)
-            start = random_start(x, self.norm, 1e-3, gen)
-            x_adv = project_and_clip(x, x + start, self.norm, self.eps, self.bounds)
-            for _ in range(self.steps):
-                _, grad, _ = ctx.loss_and_grad(x_adv, loss_fn)
-                step = x_adv + self.step_size * normalize_gradient(grad, self.norm)
-                x_adv = project_and_clip(x, step, self.norm, self.eps, self.bounds)
-        return x_adv.detach()
+    def adversarial(self, model: nn.Module, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """The inner maximisation: the ``trades_kl`` attack (PGD on ``KL(f(x) || f(x'))``).
+
+        ``y`` is only checked (the KL loss needs no labels); without it, ``x`` is checked alone.
+        """
+        inner = attacks.create(
+            "trades_kl",
+            norm=self.norm,
+            steps=self.steps,
+            step_size=self.step_size,
+            bounds=self.bounds,
+            eval_mode=self.eval_mode,
+        )
+        labels = torch.zeros(x.shape[0], dtype=torch.long, device=x.device) if y is None else y
+        return perturb(inner, model, x, labels, self.eps)
 
     def objective(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """``CE(f(x), y) + beta * KL(f(x) || f(x_adv))`` (batch mean)."""
         check_inputs(x, y, self.bounds)
-        x_adv = self.adversarial(model, x)
+        x_adv = self.adversarial(model, x, y)
         logits = model(x)
         logits_adv = model(x_adv)
         robust = F.kl_div(

@@ -7,15 +7,14 @@ random start, binary search steps, learning rate and initial constant.
 
 from __future__ import annotations
 
+import art.attacks.evasion as art_evasion
+import art.estimators.classification as art_classification
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import attacks
-
-art_evasion = pytest.importorskip("art.attacks.evasion")
-art_classification = pytest.importorskip("art.estimators.classification")
 
 
 @pytest.fixture(scope="module")

@@ -106,9 +106,56 @@ def test_bad_settings():
         attacks.create("pgd", bounds=(1, 0))
 
 
+@pytest.mark.parametrize(
+    ("name", "kw", "exc", "match"),
+    [
+        ("pgd", {"steps": True}, ValueError, "steps must be a positive integer"),
+        ("pgd", {"restarts": 1.0}, ValueError, "restarts must be a positive integer"),
+        ("pgd", {"step_size": 0}, ValueError, "step_size must be > 0"),
+        ("pgd", {"rel_step_size": float("nan")}, ValueError, "rel_step_size"),
+        ("pgd", {"rel_step_size": "0.1"}, TypeError, "rel_step_size must be a number"),
+        ("pgd", {"random_start": "no"}, TypeError, "random_start must be True or False"),
+        ("pgd", {"early_stop": 1}, TypeError, "early_stop must be True or False"),
+        ("fgsm", {"rel_step_size": -1.0}, ValueError, "rel_step_size must be > 0"),
+        ("pgd", {"seed": -1}, ValueError, "seed must be an integer >= 0"),
+        ("pgd", {"seed": 1.5}, ValueError, "seed must be an integer >= 0"),
+        ("pgd", {"targeted": "yes"}, TypeError, "targeted must be True or False"),
+        ("pgd", {"bounds": (0, float("nan"))}, ValueError, "bounds"),
+        ("pgd", {"bounds": (0, 1, 2)}, TypeError, r"pair \(lo, hi\)"),
+        ("cw_l2", {"abort_early": None}, TypeError, "abort_early must be True or False"),
+        ("apgd_dlr", {"n_target_classes": True}, ValueError, "n_target_classes"),
+        ("trades_kl", {"start_std": -1.0}, ValueError, "start_std must be >= 0"),
+        ("trades_kl", {"step_size": 0.0}, ValueError, "step_size must be > 0"),
+        ("art", {"eps_step_rel": 0}, ValueError, "eps_step_rel must be > 0"),
+        ("art", {"eps_key": 3}, TypeError, "eps_key"),
+        ("art", {"art_kwargs": [1]}, TypeError, "art_kwargs must be a dict"),
+        ("art", {"attack": "NoSuchAttack"}, ValueError, "Unknown ART evasion attack"),
+    ],
+)
+def test_every_setting_is_validated(name, kw, exc, match):
+    with pytest.raises(exc, match=match):
+        attacks.create(name, **kw)
+
+
+def test_suite_members_are_checked():
+    with pytest.raises(TypeError, match="Attack instances"):
+        attacks.AttackSuite([attacks.create("pgd"), "apgd_ce"])
+    with pytest.raises(ValueError, match="one norm"):
+        attacks.AttackSuite([attacks.create("pgd"), attacks.create("cw_l2")])
+    with pytest.raises(ValueError, match="at least one"):
+        attacks.AttackSuite([])
+
+
 def test_targeted_needs_target(digits_model, digits_batch):
     x, y = digits_batch
     with pytest.raises(ValueError, match="target="):
         attacks.create("pgd", targeted=True)(digits_model, x, y, eps=0.1)
     with pytest.raises(ValueError, match="untargeted"):
         attacks.create("pgd")(digits_model, x, y, eps=0.1, target=y)
+
+
+def test_numpy_booleans_are_booleans():
+    import numpy as np
+
+    pgd = attacks.create("pgd", random_start=np.bool_(False), early_stop=np.bool_(True))
+    assert pgd.random_start is False and pgd.early_stop is True

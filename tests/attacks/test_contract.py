@@ -14,16 +14,14 @@ FAST_KW: dict[str, dict] = {
     "cw_l2": {"steps": 30, "binary_search_steps": 3},
     "apgd_ce": {"steps": 20},
     "apgd_dlr": {"steps": 20, "n_target_classes": 2},
+    "trades_kl": {"steps": 10},
 }
 EPS = {Norm.LINF: [0.0, 0.05, 0.1, 0.3], Norm.L2: [0.0, 0.5, 1.0, 3.0]}
 
 
 def make(name: str, **kw) -> attacks.Attack:
-    fast = dict(FAST_KW.get(name, {}))
-    try:
-        return attacks.create(name, **fast, **kw)
-    except TypeError:  # an attack without these knobs: its defaults
-        return attacks.create(name, **kw)
+    """The attack with its fast settings; a wrong setting fails the test, never falls back."""
+    return attacks.create(name, **FAST_KW.get(name, {}), **kw)
 
 
 @pytest.fixture(params=attacks.names())
@@ -32,8 +30,23 @@ def attack(request) -> attacks.Attack:
 
 
 def test_names_and_create():
-    assert {"fgsm", "pgd", "art"} <= set(attacks.names())
+    known = {"apgd_ce", "apgd_dlr", "art", "cw_l2", "fgsm", "pgd", "trades_kl"}
+    assert known <= set(attacks.names())
     assert attacks.names("pg*") == ["pgd"]
+    assert set(FAST_KW) <= set(attacks.names())
+    pgd = attacks.create("pgd", steps=7, norm="l2")
+    assert (type(pgd).__name__, pgd.name, pgd.steps, pgd.norm) == ("PGD", "pgd", 7, Norm.L2)
+
+
+def test_result_follows_the_sample_not_its_position(attack, digits_model, digits_batch):
+    x, y = digits_batch
+    e = EPS[attack.norm][2]
+    ids = torch.arange(len(y)) + 1000
+    ref = attack(digits_model, x, y, eps=e, ids=ids)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    res = attack(digits_model, x[perm], y[perm], eps=e, ids=ids[perm])
+    assert torch.equal(res.success, ref.success[perm])
+    assert torch.allclose(res.x_adv, ref.x_adv[perm], atol=1e-5)
 
 
 def test_output_in_bounds_and_in_ball(attack, digits_model, digits_batch):

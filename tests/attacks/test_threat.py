@@ -6,6 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from attacks.rng import Stream
 from attacks.threat import (
     Norm,
     ThreatModel,
@@ -58,14 +59,59 @@ def test_clip_to_bounds(seed):
     assert torch.allclose(c[keep], d[keep])
 
 
+def _stream(seed: int, ids: torch.Tensor, key: tuple = ("start",)) -> Stream:
+    return Stream(seed, ids, key, torch.float64)
+
+
 @settings(max_examples=40, deadline=None)
 @given(norm=norms, eps=eps_s, seed=seeds)
 def test_random_start_is_in_ball_and_seeded(norm, eps, seed):
     x, _ = _batch(seed)
-    d1 = random_start(x, norm, eps, torch.Generator().manual_seed(seed))
-    d2 = random_start(x, norm, eps, torch.Generator().manual_seed(seed))
+    ids = torch.arange(4)
+    d1 = random_start(x, norm, eps, _stream(seed, ids))
+    d2 = random_start(x, norm, eps, _stream(seed, ids))
     assert torch.equal(d1, d2)
+    assert d1.dtype == x.dtype
     assert (norm_of(d1, norm) <= eps + 1e-9).all()
+    if eps > 0:
+        assert not torch.equal(d1, random_start(x, norm, eps, _stream(seed + 1, ids)))
+        assert not torch.equal(d1, random_start(x, norm, eps, _stream(seed, ids, ("other",))))
+
+
+@settings(max_examples=20, deadline=None)
+@given(norm=norms, seed=seeds)
+def test_random_start_of_a_sample_ignores_its_batch(norm, seed):
+    """The same start for a sample alone, in a batch, at any position.
+
+    Bitwise for linf (elementwise ops on bitwise-equal draws); l2 divides by a per-row norm, a
+    reduction whose rounding may depend on the row's memory alignment, so equal to 1e-12.
+    """
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(9, 1, 5, 5, generator=g, dtype=torch.float64)
+    ids = torch.randperm(1000, generator=g)[:9]
+    full = random_start(x, norm, 0.3, _stream(seed, ids))
+    perm = torch.randperm(9, generator=g)
+    others = [
+        (random_start(x[i : i + 1], norm, 0.3, _stream(seed, ids[i : i + 1])), [i])
+        for i in range(9)
+    ]
+    others.append((random_start(x[perm], norm, 0.3, _stream(seed, ids[perm])), perm.tolist()))
+    for got, rows in others:
+        if norm is Norm.LINF:
+            assert torch.equal(got, full[rows])
+        else:
+            assert torch.allclose(got, full[rows], rtol=1e-12, atol=0)
+
+
+def test_random_start_is_uniform_in_the_ball():
+    x = torch.zeros(4000, 1, 2, 2, dtype=torch.float64)
+    ids = torch.arange(4000)
+    d = random_start(x, Norm.LINF, 0.5, _stream(0, ids)).flatten()
+    assert abs(float(d.mean())) < 0.01 and abs(float(d.var()) - 0.25 / 3) < 0.005
+    r = norm_of(random_start(x, Norm.L2, 1.0, _stream(0, ids)), Norm.L2)
+    # uniform in the 4-d ball: P(r <= t) = t^4
+    assert abs(float((r <= 0.5).double().mean()) - 0.5**4) < 0.015
+    assert float(r.max()) <= 1.0 + 1e-12
 
 
 def test_per_sample_eps():

@@ -182,15 +182,16 @@ def test_trades_inner_maximisation_increases_kl(digits_model, digits_batch):
 
 def test_fgsm_at_step_matches_wong_et_al_code(make_mlp, digits_batch):
     """Unclipped uniform start, one signed step of alpha, clamp to the ball, then to [0, 1]."""
-    from defenses.adversarial import _draw_generator
+    from attacks.rng import Stream, draw_seed
 
     model = make_mlp().eval()
     x, y = digits_batch
     d = defenses.create("fgsm_at", eps=0.3, alpha=0.375)
     torch.manual_seed(5)
     ours = perturb(d.attack, model, x, y, 0.3, d.bounds)
-    torch.manual_seed(5)
-    u = torch.rand(x.shape, generator=_draw_generator(x.device))
+    torch.manual_seed(5)  # perturb's draws: (fgsm's seed, sample id, this call's scope)
+    scope = ("fgsm", "perturb", draw_seed(), "eps", 0.3, "start", 0)
+    u = Stream(d.attack.seed, torch.arange(len(x)), scope).uniform(x.shape[1:])
     delta = ((2 * u - 1) * 0.3).requires_grad_(True)
     loss = torch.nn.functional.cross_entropy(model(x + delta), y, reduction="sum")
     (grad,) = torch.autograd.grad(loss, delta)
