@@ -130,7 +130,7 @@ class AdversarialTraining(RegularizedDefense):
         k = math.ceil(self.mix * x.shape[0])
         if self.attack is None:
             raise NotImplementedError(f"{type(self).__name__} must define make_attack")
-        x_adv = perturb(self.attack, model, x[:k], y[:k], self.eps, self.bounds)
+        x_adv = self.attack.perturb(model, x[:k], y[:k], self.eps, self.bounds)
         if k < x.shape[0]:
             x_adv = torch.cat([x_adv, x[k:]])
         logits = model(x_adv)
@@ -319,15 +319,6 @@ class FGSMAT(AdversarialTraining):
 # --------------------------------------------------------------------------- TRADES
 
 
-def kl_to_clean(p_clean: Tensor) -> Any:
-    """Per-sample ``KL(p_clean || softmax(logits))``: TRADES' inner loss."""
-
-    def loss(logits: Tensor) -> Tensor:
-        return F.kl_div(F.log_softmax(logits, dim=1), p_clean, reduction="none").sum(1)
-
-    return loss
-
-
 @register_defense("trades", kind="training")
 class TRADES(AdversarialTraining):
     """TRADES: clean cross-entropy plus ``beta`` times the KL divergence to adversarial outputs.
@@ -362,12 +353,9 @@ class TRADES(AdversarialTraining):
         self.step_size = check_number("step_size", step_size, low_open=True)
         super().__init__(**kwargs)
 
-    def adversarial(self, model: nn.Module, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """The inner maximisation: the ``trades_kl`` attack (PGD on ``KL(f(x) || f(x'))``).
-
-        ``y`` is only checked (the KL loss needs no labels); without it, ``x`` is checked alone.
-        """
-        inner = attacks.create(
+    def make_attack(self) -> attacks.Attack:
+        """The inner maximisation: ``trades_kl`` (PGD on ``KL(f(x) || f(x'))``)."""
+        return attacks.create(
             "trades_kl",
             norm=self.norm,
             steps=self.steps,
@@ -375,8 +363,14 @@ class TRADES(AdversarialTraining):
             bounds=self.bounds,
             eval_mode=self.eval_mode,
         )
+
+    def adversarial(self, model: nn.Module, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """Adversarial inputs of the inner maximisation.
+
+        ``y`` is only checked (the KL loss needs no labels); without it, ``x`` is checked alone.
+        """
         labels = torch.zeros(x.shape[0], dtype=torch.long, device=x.device) if y is None else y
-        return perturb(inner, model, x, labels, self.eps)
+        return self.attack.perturb(model, x, labels, self.eps)
 
     def objective(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """``CE(f(x), y) + beta * KL(f(x) || f(x_adv))`` (batch mean)."""

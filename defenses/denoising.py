@@ -31,7 +31,6 @@ from torch.utils.data import Dataset
 import attacks
 from attacks.base import model_guard
 from attacks.validation import check_number, check_positive_int
-from defenses.adversarial import perturb
 from defenses.data import check_dataset, make_loader, model_device
 from defenses.inference import InputDefense, Preprocessed, register_input_defense
 from defenses.plugins import Plugin, TrainState
@@ -176,7 +175,7 @@ class DenoisingAutoencoder:
             total = F.mse_loss(ae(noisy), x)
             if classifier is None or self.eps == 0:
                 return total
-            x_adv = perturb(self.attack, classifier, x, y, self.eps)
+            x_adv = self.attack.perturb(classifier, x, y, self.eps)
             denoised = ae(x_adv)
             total = total + F.mse_loss(denoised, x)
             if self.logit_weight > 0:

@@ -117,11 +117,15 @@ def _select_samples(data: DataLike, n_examples: int | None, seed: int) -> Tensor
 
 def _batches(
     data: DataLike, indices: Tensor, batch_size: int, device: torch.device
-) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield ``(x, y)`` batches of the selected samples on ``device``, one batch at a time."""
+) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """Yield ``(x, y, ids)`` batches of the selected samples on ``device``, one at a time.
+
+    ``ids`` are the samples' dataset indices: every random draw of an attack derives from
+    (seed, id), so a sample's result does not depend on the batch it lands in.
+    """
     for chunk in indices.split(batch_size):
         x, y = tensors_of(data, chunk)
-        yield x.to(device), y.to(device=device, dtype=torch.long)
+        yield x.to(device), y.to(device=device, dtype=torch.long), chunk.to(device)
 
 
 @dataclass
@@ -195,11 +199,11 @@ def robustness_curve(
     torch.manual_seed(seed)
     tally = _Tally.start(runs)
     with _progress_bar(len(indices), batch_size, runs, progress) as bar:
-        for x, y in _batches(data, indices, batch_size, dev):
+        for x, y, ids in _batches(data, indices, batch_size, dev):
             if tally.first is None:
                 tally.first = (x[:100], y[:100])
                 tally.health = _preflight(model, x, y, attack_map) if checks else []
-            _evaluate_batch(model, runs, x, y, grid, tally, bar)
+            _evaluate_batch(model, runs, x, y, ids, grid, tally, bar)
     curve = _assemble(tally, runs, grid, indices, seed)
     if checks and tally.first is not None:
         curve.health += masking_checks(
@@ -229,6 +233,7 @@ def _evaluate_batch(
     runs: Sequence[Run],
     x: Tensor,
     y: Tensor,
+    ids: Tensor,
     grid: list[float],
     tally: _Tally,
     bar: tqdm,
@@ -238,7 +243,7 @@ def _evaluate_batch(
         tally.clean.append((model(x).argmax(1) == y).cpu())
     for run in runs:
         bar.set_postfix_str(run.label)
-        tally.add(run.label, run.attack(run.model, x, y, eps=grid))
+        tally.add(run.label, run.attack(run.model, x, y, eps=grid, ids=ids))
         bar.update()
 
 

@@ -73,6 +73,11 @@ class MaskingContext:
         return int(self.x.shape[0])
 
     @property
+    def ids(self) -> Tensor:
+        """The check samples' ids: their dataset indices, as in the curve (per-sample draws)."""
+        return self.curve.indices[: self.n].to(self.x.device)
+
+    @property
     def eps(self) -> list[float]:
         """The eps values the comparisons use."""
         return [float(self.curve.eps[k]) for k in self.eps_idx]
@@ -139,7 +144,7 @@ def _accuracy(ctx: MaskingContext, attack_name: str, **kw: Any) -> tuple[Tensor,
         robust = ctx.curve.robust[label][ctx.eps_idx, : ctx.n]
         return robust.float().mean(dim=1), f"{label} (from the curve)"
     if attack_name not in ctx.cache:
-        res = ctx.make(attack_name, **kw)(ctx.target, ctx.x, ctx.y, eps=ctx.eps)
+        res = ctx.make(attack_name, **kw)(ctx.target, ctx.x, ctx.y, eps=ctx.eps, ids=ctx.ids)
         ctx.cache[attack_name] = (~res.success).float().mean(dim=1).cpu()
     return ctx.cache[attack_name], f"{attack_name} (run by the check)"
 
@@ -198,7 +203,7 @@ def check_near_chance_at_large_eps(ctx: MaskingContext, large_eps: float | None 
     eps = _large_eps(ctx) if large_eps is None else float(large_eps)
     attack = _strong_attack(ctx)
     target = ctx.target
-    res = attack(target, ctx.x, ctx.y, eps=eps)
+    res = attack(target, ctx.x, ctx.y, eps=eps, ids=ctx.ids)
     acc = float(res.robust_accuracy)
     with torch.no_grad():
         n_classes = int(target(ctx.x[:1]).shape[1])
@@ -299,7 +304,7 @@ def check_more_steps_stable(ctx: MaskingContext, tolerance: float = 0.05, max_ep
         broken = 0
         if bool(alive.any()):
             eps = float(ctx.curve.eps[k])
-            res = stronger(ctx.target, ctx.x[alive], ctx.y[alive], eps=eps)
+            res = stronger(ctx.target, ctx.x[alive], ctx.y[alive], eps=eps, ids=ctx.ids[alive])
             broken = int(res.success.sum())
         drops.append(broken / ctx.n)
     drop = max(drops)

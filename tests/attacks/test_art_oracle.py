@@ -34,6 +34,7 @@ def art_classifier(model: nn.Module):
     )
 
 
+@pytest.mark.slow
 def test_pgd_not_weaker_than_art(digits_model, held_out):
     x, y = held_out
     eps, steps = 0.1, 10
@@ -60,6 +61,7 @@ def test_pgd_not_weaker_than_art(digits_model, held_out):
     assert float(res.robust_accuracy) <= art_acc + 0.01
 
 
+@pytest.mark.slow
 def test_cw_not_weaker_than_art(digits_model, held_out):
     x, y = held_out
     settings = {"binary_search_steps": 6, "learning_rate": 0.01, "initial_const": 0.01}

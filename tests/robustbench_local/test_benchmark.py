@@ -111,6 +111,7 @@ def run_cli(*args, cwd):
     )
 
 
+@pytest.mark.slow
 def test_cli_benchmark_then_leaderboard(zoo_model, tmp_path):
     ckpt = tmp_path / "tiny.pt"
     rbl.save_checkpoint(zoo_model, ckpt)
