@@ -319,7 +319,7 @@ def _attack_batch(
 def _preflight(
     model: nn.Module, x: Tensor, y: Tensor, attack_map: Mapping[str, atk_lib.Attack]
 ) -> list[Flag]:
-    """Run the preflight checks on the first batch; raise on an error-level failure."""
+    """Run the preflight checks on the global first samples; raise on an error-level failure."""
     flags = preflight(model, x, y, next(iter(attack_map.values())).bounds)
     raise_on_errors(flags)
     return flags

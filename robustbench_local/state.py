@@ -115,9 +115,17 @@ class BatchResult:
             raise ValueError(f"batch [{self.lo}, {self.hi}) has matrices of the wrong shape")
 
 
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def _text(obj: Any) -> str:
+    """An object's text without its memory address (which differs between processes)."""
+    return _ADDRESS.sub("", str(obj))
+
+
 def _plain(value: Any) -> Any:
     """``value`` as plain JSON types (tuples as lists, anything else as its text)."""
-    return json.loads(json.dumps(value, default=str, sort_keys=True))
+    return json.loads(json.dumps(value, default=_text, sort_keys=True))
 
 
 def _tensor_bytes(t: Tensor) -> bytes:
@@ -204,10 +212,11 @@ def _config_diff(stored: Mapping[str, Any], now: Mapping[str, Any]) -> str:
         a, b = stored.get(label), now.get(label)
         if a == b:
             continue
+        if a is None or b is None:
+            parts.append(f"run {label!r} {'added' if a is None else 'removed'}")
+            continue
         if not (isinstance(a, dict) and isinstance(b, dict)):
-            parts.append(
-                f"run {label!r} {'added' if a is None else 'removed' if b is None else 'changed'}"
-            )
+            parts.append(f"run {label!r}: stored {_short(a)}, now {_short(b)}")
             continue
         keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
         parts += [f"{label}.{k}: stored {_short(a.get(k))}, now {_short(b.get(k))}" for k in keys]

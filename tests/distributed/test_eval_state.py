@@ -230,3 +230,13 @@ def test_sigkill_of_a_plain_process_then_resume(digits_model, tmp_path):
     ref = worker.curve_task(digits_model, {**task, "state_dir": None})["curve"]
     assert got["robust"] == ref["robust"] and got["indices"] == ref["indices"]
     assert 0 < got["cost"]["pgd"]["n_forward"] < ref["cost"]["pgd"]["n_forward"]
+
+
+def test_another_set_of_runs_is_refused(digits_model, data, tmp_path):
+    import attacks
+
+    kw = {"n_examples": 60, "batch_size": 30, "progress": False}
+    rbl.robustness_curve(digits_model, data, {"pgd": PGD(steps=5)}, EPS, state_dir=tmp_path, **kw)
+    more = {"pgd": PGD(steps=5), "fgsm": attacks.create("fgsm")}
+    with pytest.raises(StateMismatchError, match=r"attack configuration differs: run 'fgsm' added"):
+        rbl.robustness_curve(digits_model, data, more, EPS, state_dir=tmp_path, **kw)
