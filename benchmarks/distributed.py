@@ -159,19 +159,23 @@ def launch(args: argparse.Namespace, nproc: int, result: Path) -> float:
 
 
 def measure(args: argparse.Namespace) -> dict[int, dict[str, Any]]:
+    """Launch every setting ``repeats`` times, interleaved (1, 2, 1, 2, ...) against drift."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows: dict[int, dict[str, Any]] = {}
-    for nproc in [int(p) for p in args.procs.split(",")]:
-        walls, evals, doc = [], [], {}
-        for rep in range(args.repeats):
+    procs = [int(p) for p in args.procs.split(",")]
+    rows: dict[int, dict[str, Any]] = {p: {"walls": [], "evals": []} for p in procs}
+    for rep in range(args.repeats):
+        for nproc in procs:
             result = out / f"curve_np{nproc}_r{rep}.json"
-            walls.append(launch(args, nproc, result))
+            rows[nproc]["walls"].append(launch(args, nproc, result))
             doc = json.loads(result.read_text())
-            evals.append(doc["eval_s"])
-            logger.info("%d process(es), launch %d: %.1f s", nproc, rep + 1, walls[-1])
-        rows[nproc] = {"wall": statistics.median(walls), "eval": statistics.median(evals),
-                       "walls": walls, "curve": doc["curve"]}  # fmt: skip
+            rows[nproc]["evals"].append(doc["eval_s"])
+            rows[nproc]["curve"] = doc["curve"]
+            logger.info(
+                "%d process(es), launch %d: %.1f s", nproc, rep + 1, rows[nproc]["walls"][-1]
+            )
+    for r in rows.values():
+        r["wall"], r["eval"] = statistics.median(r["walls"]), statistics.median(r["evals"])
     return rows
 
 
@@ -194,7 +198,9 @@ def table(rows: dict[int, dict[str, Any]], args: argparse.Namespace) -> str:
         )
     acc = " ".join(f"{a:.3f}" for a in ref["worst_case"])
     lines.append(f"clean {ref['clean_accuracy']:.3f}; robust accuracy per eps: {acc}")
-    lines.append(f"target: {max(rows)} processes <= {TARGET}x the wall time of {min(rows)}")
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    lines.append(f"target: {max(rows)} processes <= {TARGET}x the wall time of {min(rows)}; "
+                 f"load average at the end {load}")  # fmt: skip
     return "\n".join(lines)
 
 

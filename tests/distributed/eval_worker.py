@@ -1,10 +1,11 @@
 """What one process of the sharded-evaluation tests runs (``torchrun ... eval_worker.py JOB``).
 
 ``JOB`` is a JSON file: ``{"model": <state dict path>, "out": <folder>, "tasks": [...]}``.
-Each task (``curve``, ``gate``, ``benchmark``, ``collectives``) evaluates the digits MLP the
-test saved and writes ``<out>/<task name>.rank<r>.json``, so the test can check that every rank
-returned the same result and that it equals a single-process run. The process writes its pid
-to ``<out>/pid.rank<r>`` first, so a test can SIGKILL exactly the processes it started.
+Each task (``curve``, ``gate``, ``benchmark``, ``experiment``, ``collectives``) evaluates the
+digits MLP the test saved (``experiment``: the model its config builds) and writes
+``<out>/<task name>.rank<r>.json``, so the test can check that every rank returned the same
+result and that it equals a single-process run. The process writes its pid to
+``<out>/pid.rank<r>`` first, so a test can SIGKILL exactly the processes it started.
 """
 
 from __future__ import annotations
@@ -109,6 +110,21 @@ def benchmark_task(model: nn.Module, task: dict[str, Any]) -> dict[str, Any]:
     return {"card": card}
 
 
+def experiment_task(model: nn.Module, task: dict[str, Any]) -> dict[str, Any]:
+    """The experiments' evaluation step (``pipeline.evaluate``) on the composed config."""
+    from hydra import compose, initialize_config_module
+
+    import experiments  # noqa: F401  (resolvers)
+    from experiments import pipeline
+
+    with initialize_config_module(config_module="experiments.conf", version_base="1.3"):
+        cfg = compose("config", overrides=task["overrides"])
+    data = pipeline.load_data(cfg)
+    net = pipeline.build_model(cfg, data, torch.device("cpu"))
+    curves = pipeline.evaluate(cfg, net, data, torch.device("cpu"))
+    return {"curves": {norm: c.to_dict() for norm, c in curves.items()}}
+
+
 def collectives_task(model: nn.Module, task: dict[str, Any]) -> dict[str, Any]:
     """gather_rows with uneven lengths, decide_once raising on rank 0, check_same mismatch."""
     here = rdist.world()
@@ -139,6 +155,7 @@ TASKS = {
     "gate": gate_task,
     "benchmark": benchmark_task,
     "collectives": collectives_task,
+    "experiment": experiment_task,
 }
 
 

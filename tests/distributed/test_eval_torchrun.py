@@ -146,6 +146,11 @@ BENCH = {"dataset": "digits", "eps": 0.1, "n_examples": 60, "steps": 5, "n_targe
          "batch_size": 25}  # fmt: skip
 
 
+EXPERIMENT = ["train=none", "defense=none", "eval.n_examples=60", "eval.batch_size=30",
+              "progress=false", "attack.pgd.steps=3", "attack.cw_l2.steps=5",
+              "attack.cw_l2.binary_search_steps=2"]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def sharded(tmp_path_factory, model_file) -> Path:
     """One torchrun job running every task; the folder holding each rank's results."""
@@ -156,6 +161,7 @@ def sharded(tmp_path_factory, model_file) -> Path:
         {"kind": "curve", "name": "tiny", "eps": EPS, "n_examples": 1, "batch_size": 50},
         {"kind": "gate", "name": "gate", "spec": GATE},
         {"kind": "benchmark", "name": "benchmark", "kwargs": BENCH},
+        {"kind": "experiment", "name": "experiment", "overrides": EXPERIMENT},
         {"kind": "collectives", "name": "collectives"},
     ]
     with Launch({"model": str(model_file), "tasks": tasks}, out) as job:
@@ -217,6 +223,15 @@ def test_benchmark_card_is_the_single_process_one(sharded, model):
     ref = benchmark(model, **BENCH).to_dict()
     for key in ("clean_acc", "robust_acc", "n_examples", "ci_low", "ci_high", "weights_digest"):
         assert card[key] == ref[key], key
+
+
+def test_experiment_evaluation_is_the_single_process_one(sharded, model):
+    curves = same_on_every_rank(results(sharded, "experiment"), "curves")
+    ref = worker.experiment_task(model, {"overrides": EXPERIMENT})["curves"]
+    assert sorted(curves) == sorted(ref) == ["l2", "linf"]
+    for norm, curve in curves.items():
+        for key in ("indices", "robust", "clean_correct", "worst_case"):
+            assert curve[key] == ref[norm][key], (norm, key)
 
 
 def test_collectives_on_two_ranks(sharded):
