@@ -287,6 +287,7 @@ def evaluate(
             adaptive=cfg.eval.adaptive,
             checks=cfg.eval.checks,
             progress=cfg.progress,
+            state_dir=Path(cfg.eval.state_dir) / norm if cfg.eval.get("state_dir") else None,
         )
     return curves
 

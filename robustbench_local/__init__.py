@@ -31,6 +31,7 @@ _EXPORTS = {
     "benchmark": "benchmark",
     "ModelCard": "card",
     "Leaderboard": "leaderboard",
+    "init_distributed": "distributed",
 }
 
 

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, NamedTuple
 
 import torch
@@ -31,14 +33,31 @@ from tqdm.auto import tqdm
 
 import attacks as atk_lib
 from attacks.base import parse_eps
+from attacks.rng import key_words
 from attacks.validation import check_positive_int
 from defenses.data import DataLike, model_device, tensors_of
+from robustbench_local import distributed
 from robustbench_local.checks import masking_checks, preflight
 from robustbench_local.curve import Curve
 from robustbench_local.data import sample_indices
 from robustbench_local.health import ADAPTIVE_SUFFIX, Flag, raise_on_errors
+from robustbench_local.state import (
+    BatchResult,
+    EvalState,
+    PlannedBatch,
+    cost_of,
+    fingerprint,
+    merge_parts,
+    plan_batches,
+    resume_flag,
+    run_plan,
+)
 
 logger = logging.getLogger(__name__)
+FIRST_SAMPLES = 128
+"""The global first samples (whatever the batch size or rank): the preflight checks them."""
+MASKING_SAMPLES = 100
+"""The masking checks attack the first this many of them."""
 AttackSpec = Sequence[str | atk_lib.Attack] | Mapping[str, atk_lib.Attack | str]
 
 
@@ -115,17 +134,14 @@ def _select_samples(data: DataLike, n_examples: int | None, seed: int) -> Tensor
     return sample_indices(total, n, seed) if n < total else torch.arange(total)
 
 
-def _batches(
-    data: DataLike, indices: Tensor, batch_size: int, device: torch.device
-) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-    """Yield ``(x, y, ids)`` batches of the selected samples on ``device``, one at a time.
+def _load_batch(data: DataLike, ids: Tensor, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """``(x, y, ids)`` of the samples ``ids`` on ``device``.
 
     ``ids`` are the samples' dataset indices: every random draw of an attack derives from
-    (seed, id), so a sample's result does not depend on the batch it lands in.
+    (seed, id), so a sample's result does not depend on the batch, rank or call it lands in.
     """
-    for chunk in indices.split(batch_size):
-        x, y = tensors_of(data, chunk)
-        yield x.to(device), y.to(device=device, dtype=torch.long), chunk.to(device)
+    x, y = tensors_of(data, ids)
+    return x.to(device), y.to(device=device, dtype=torch.long), ids.to(device)
 
 
 @dataclass
@@ -136,7 +152,6 @@ class _Tally:
     cost: dict[str, dict[str, float]]
     clean: list[Tensor] = field(default_factory=list)
     health: list[Flag] = field(default_factory=list)
-    first: tuple[Tensor, Tensor] | None = None
 
     @classmethod
     def start(cls, runs: Sequence[Run]) -> _Tally:
@@ -150,6 +165,19 @@ class _Tally:
         acc["wall_time"] += res.wall_time
         acc["n_forward"] += res.n_forward
         acc["n_backward"] += res.n_backward
+
+    def batch(self, lo: int, hi: int) -> BatchResult:
+        """The tally of one batch (positions ``[lo, hi)``) as the plain per-batch structure."""
+        robust = {k: torch.cat(v, dim=1) for k, v in self.robust.items()}
+        return BatchResult(lo, hi, torch.cat(self.clean), robust, self.cost)
+
+    @classmethod
+    def of(cls, results: Sequence[BatchResult], runs: Sequence[Run], health: list[Flag]) -> _Tally:
+        """The tally of every batch of the curve, in sample-list order."""
+        labels = [r.label for r in runs]
+        robust = {k: [r.robust[k] for r in results] for k in labels}
+        clean = [r.clean for r in results]
+        return cls(robust, cost_of(results, labels), clean, list(health))
 
 
 def robustness_curve(
@@ -166,6 +194,7 @@ def robustness_curve(
     checks: bool = True,
     progress: bool = True,
     check_kwargs: Mapping[str, Any] | None = None,
+    state_dir: str | os.PathLike[str] | None = None,
 ) -> Curve:
     """Evaluate robust accuracy over an eps grid for each attack and their worst case.
 
@@ -182,13 +211,22 @@ def robustness_curve(
         checks: Run the preflight (before attacking) and gradient-masking checks (after).
         progress: Show a progress bar.
         check_kwargs: Extra keyword arguments for ``checks.masking_checks``.
+        state_dir: Persist every finished batch here; the same call after a kill skips them
+            (:mod:`robustbench_local.state`). A state of another evaluation is refused.
+
+    Under ``torchrun`` (or an initialised process group) every rank attacks its contiguous
+    slice of the sample list and every rank returns the same merged curve: per-sample results
+    in the original order, costs summed over the ranks (``wall_time`` is then the attack time
+    summed over the processes, not the elapsed time). The preflight and the masking checks run
+    once, on rank 0, on the global first samples, and are broadcast.
 
     Returns:
         A :class:`Curve`.
 
     Raises:
-        ValueError: Bad eps grid, ``n_examples`` larger than the data, no attacks, or a model
-            that fails the preflight (e.g. it returns probabilities).
+        ValueError: Bad eps grid, ``n_examples`` larger than the data, no attacks, a model
+            that fails the preflight (e.g. it returns probabilities), ranks that disagree on
+            the evaluation, or a ``state_dir`` of another evaluation.
     """
     grid = _validate_grid(eps)
     attack_map = resolve_attacks(attacks, seed)
@@ -196,33 +234,92 @@ def robustness_curve(
     indices = _select_samples(data, n_examples, seed)
     runs = attack_runs(model, attack_map, adaptive)
     dev = torch.device(device) if device is not None else model_device(model)
+    world = distributed.setup(dev)
     torch.manual_seed(seed)
-    tally = _Tally.start(runs)
-    with _progress_bar(len(indices), batch_size, runs, progress) as bar:
-        for x, y, ids in _batches(data, indices, batch_size, dev):
-            if tally.first is None:
-                tally.first = (x[:100], y[:100])
-                tally.health = _preflight(model, x, y, attack_map) if checks else []
-            _evaluate_batch(model, runs, x, y, ids, grid, tally, bar)
-    curve = _assemble(tally, runs, grid, indices, seed)
-    if checks and tally.first is not None:
-        curve.health += masking_checks(
-            curve, model, *tally.first, attack_map, **(check_kwargs or {})
+    first = _load_batch(data, indices[:FIRST_SAMPLES], dev)[:2]
+    health = distributed.decide_once(_preflight, model, *first, attack_map) if checks else []
+    store = _open_state(state_dir, world, model, data, indices, first, grid, runs, seed)
+    plan = plan_batches(*world.shard(len(indices)), batch_size, store)
+    with _progress_bar(plan, runs, progress and world.is_main) as bar:
+        attack = partial(_attack_batch, model, runs, data, indices, grid, dev, seed, bar)
+        mine = run_plan(plan, attack, store, [r.label for r in runs], len(grid))
+    results = merge_parts(distributed.gather_objects(mine), len(indices))
+    curve = _assemble(_Tally.of(results, runs, health), runs, grid, indices, seed)
+    if store is not None:
+        curve.health.append(resume_flag(results, store))
+    if checks:
+        x0, y0 = (t[:MASKING_SAMPLES] for t in first)
+        kw = check_kwargs or {}
+        curve.health += distributed.decide_once(
+            masking_checks, curve, model, x0, y0, attack_map, **kw
         )
-    logger.info("robustness curve done:\n%s", curve.table())
+    if world.is_main:
+        logger.info("robustness curve done:\n%s", curve.table())
     return curve
 
 
-def _progress_bar(n: int, batch_size: int, runs: Sequence[Run], show: bool) -> tqdm:
-    """A bar over every (batch, run) pair of the evaluation."""
-    total = -(-n // batch_size) * len(runs)
+def _open_state(
+    state_dir: str | os.PathLike[str] | None,
+    world: distributed.World,
+    model: nn.Module,
+    data: DataLike,
+    indices: Tensor,
+    first: Sequence[Tensor],
+    grid: list[float],
+    runs: Sequence[Run],
+    seed: int,
+) -> EvalState | None:
+    """The evaluation's resumable state (None without ``state_dir``); ranks checked alike.
+
+    Raises:
+        ValueError: The ranks evaluate different models, data or settings, or ``state_dir``
+            holds another evaluation's state.
+    """
+    if state_dir is None and not world.distributed:
+        return None
+    total = len(data[0]) if isinstance(data, tuple) else len(data)
+    configs = {r.label: r.attack.config() for r in runs}
+    fp = fingerprint(
+        model, total=total, indices=indices, first=first, eps=grid, configs=configs, seed=seed
+    )
+    distributed.check_same("the evaluation (model weights, samples, eps, attacks, seed)", fp)
+    return None if state_dir is None else EvalState.open(state_dir, fp)
+
+
+def _progress_bar(plan: Sequence[PlannedBatch], runs: Sequence[Run], show: bool) -> tqdm:
+    """A bar over every (batch, run) pair this process attacks."""
+    total = sum(b.path is None for b in plan) * len(runs)
     return tqdm(total=total, desc="robustness curve", disable=not show, leave=False)
+
+
+def _attack_batch(
+    model: nn.Module,
+    runs: Sequence[Run],
+    data: DataLike,
+    indices: Tensor,
+    grid: list[float],
+    device: torch.device,
+    seed: int,
+    bar: tqdm,
+    lo: int,
+    hi: int,
+) -> BatchResult:
+    """Attack the samples at positions ``[lo, hi)`` of the sample list with every run.
+
+    The global RNG (used by random models and EOT) is reseeded from (seed, lo), so the batch
+    gives the same result whichever rank or call attacks it.
+    """
+    x, y, ids = _load_batch(data, indices[lo:hi], device)
+    torch.manual_seed(key_words(seed, ("batch", lo))[0])
+    tally = _Tally.start(runs)
+    _evaluate_batch(model, runs, x, y, ids, grid, tally, bar)
+    return tally.batch(lo, hi)
 
 
 def _preflight(
     model: nn.Module, x: Tensor, y: Tensor, attack_map: Mapping[str, atk_lib.Attack]
 ) -> list[Flag]:
-    """Run the preflight checks on the first batch; raise on an error-level failure."""
+    """Run the preflight checks on the global first samples; raise on an error-level failure."""
     flags = preflight(model, x, y, next(iter(attack_map.values())).bounds)
     raise_on_errors(flags)
     return flags
