@@ -53,14 +53,17 @@ def project_to_hyperplane(
     gap = (w * t).sum(1) - b  # we need w . d = -gap
     w = torch.where(gap.unsqueeze(1) < 0, -w, w)  # now w . d = -|gap|: decrease w . z
     gap = gap.abs()
-    room = torch.where(w > 0, t - lo, hi - t).clamp_(min=0)
-    nonzero = w != 0
-    scale = torch.ones_like(w) if Norm.parse(norm) is Norm.LINF else w.abs()
-    weight = w.abs() * scale  # progress per unit of mu
-    limit = torch.where(nonzero, room / torch.where(nonzero, scale, 1), 0)  # breakpoints q_i
-    mu = _solve_mu(weight, limit, gap)
-    move = torch.minimum(mu.unsqueeze(1), limit) * scale
-    return torch.where(nonzero, -torch.sign(w) * move, 0)
+    down = w > 0  # these coordinates move towards lo, the others towards hi
+    room = torch.where(down, t - lo, hi - t).clamp_(min=0)
+    size = w.abs()
+    if Norm.parse(norm) is Norm.LINF:  # s_i = 1: progress |w_i| per unit, breakpoint room_i
+        weight, limit = size, room.masked_fill_(size == 0, 0)
+    else:  # s_i = |w_i|: progress w_i**2 per unit, breakpoint room_i / |w_i|
+        weight, limit = size * size, (room / size).masked_fill_(size == 0, 0)
+    move = torch.minimum(_solve_mu(weight, limit, gap).unsqueeze(1), limit)
+    if Norm.parse(norm) is Norm.L2:
+        move = move * size
+    return torch.where(down, -move, move)  # zero where w_i = 0 (its limit is 0)
 
 
 def _solve_mu(weight: Tensor, limit: Tensor, target: Tensor) -> Tensor:
