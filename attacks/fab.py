@@ -78,7 +78,9 @@ class FAB(MinimumNormAttack):
         alpha_max: Largest weight of the original point in the blend (default 0.1).
         eta: Overshoot of the projections (default 1.05).
         beta: Backward step towards ``x`` after a success (default 0.9).
-        eps: The budget of a fixed-budget evaluation (see above; default None).
+        eps: The budget of a fixed-budget evaluation, the largest eps it is called with
+            (see above; default None). Without it restarts start within
+            ``min(best norm, 0.3) / 2`` (linf; ``1.0`` for l2), the authors' default radius.
         final_search_steps: Secant steps of the final search (default 3; 0 turns it off).
         **kwargs: ``bounds``, ``targeted``, ``seed``, ``eval_mode`` (see :class:`Attack`).
             With ``targeted=True`` the call needs ``target=`` and the boundary is
