@@ -25,10 +25,12 @@ from attacks.base import (
 )
 from attacks.context import AttackContext, model_guard
 from attacks.cw import CarliniWagnerL2
+from attacks.fab import FAB, FABT
 from attacks.fgsm import FGSM
 from attacks.pgd import PGD
 from attacks.registry import Registry
 from attacks.result import AttackResult
+from attacks.square import Square
 from attacks.suite import AttackSuite
 from attacks.threat import Norm, ThreatModel
 from attacks.trades import TRADESKL
@@ -50,6 +52,8 @@ __all__ = [
     "ATTACKS",
     "BPDA",
     "EOT",
+    "FAB",
+    "FABT",
     "FGSM",
     "PGD",
     "TRADESKL",
@@ -64,6 +68,7 @@ __all__ = [
     "MinimumNormAttack",
     "Norm",
     "Registry",
+    "Square",
     "ThreatModel",
     "adaptive_model",
     "create",
