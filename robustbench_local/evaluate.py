@@ -7,13 +7,23 @@ eps. The data streams through in batches, so memory is bounded by the batch size
 robustness matrices are kept. A model whose forward pass is non-differentiable or random is
 attacked twice, as it is (naive) and through BPDA/EOT (adaptive); the worst case takes both.
 
-:func:`robustness_curve` runs in four steps, each its own helper: select the samples, evaluate
-every attack run per batch, assemble the :class:`~robustbench_local.curve.Curve` (defined in
-:mod:`robustbench_local.curve`, re-exported here), then the masking checks.
+Honest by default: a gradient probe on the first samples decides the derived runs (margin loss,
+straight-through, EOT: :mod:`robustbench_local.planning`), and the reference suite
+(:mod:`robustbench_local.reference`) attacks the samples every run left standing, at the
+headline eps (``reference="auto"``) or at every eps (``"all"``); its row and the
+``weaker_than_reference`` flag (:mod:`robustbench_local.checks.reference`) say whether the
+chosen attacks overestimate robustness. ``reference=False`` opts out, and the health says so.
+
+:func:`robustness_curve` runs in four steps, each its own helper: select the samples and plan
+the runs, evaluate every run (then the reference) per batch, assemble the
+:class:`~robustbench_local.curve.Curve` (defined in :mod:`robustbench_local.curve`, re-exported
+here), then the reference flag and the masking checks.
 
 References:
     Carlini et al., "On Evaluating Adversarial Robustness", arXiv:1902.06705, 2019.
     Athalye, Carlini & Wagner, "Obfuscated Gradients Give a False Sense of Security", ICML 2018.
+    Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse
+    parameter-free attacks", ICML 2020.
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ import itertools
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -34,9 +44,18 @@ from attacks.base import parse_eps
 from attacks.validation import check_positive_int
 from defenses.data import DataLike, model_device, tensors_of
 from robustbench_local.checks import masking_checks, preflight
-from robustbench_local.curve import Curve
+from robustbench_local.checks.gradients import gradient_probe
+from robustbench_local.checks.reference import check_weaker_than_reference
+from robustbench_local.curve import Curve, ReferenceRecord
 from robustbench_local.data import sample_indices
 from robustbench_local.health import ADAPTIVE_SUFFIX, Flag, raise_on_errors
+from robustbench_local.planning import Run, attack_runs, plan_runs, reference_model
+from robustbench_local.reference import (
+    ReferenceArg,
+    ReferenceSetting,
+    reference_rows,
+    resolve_reference,
+)
 
 logger = logging.getLogger(__name__)
 AttackSpec = Sequence[str | atk_lib.Attack] | Mapping[str, atk_lib.Attack | str]
@@ -73,32 +92,6 @@ def _validate_grid(eps: Any) -> list[float]:
     return grid
 
 
-class Run(NamedTuple):
-    """One row of a curve: an attack and the model it attacks (the BPDA/EOT one if adaptive)."""
-
-    label: str
-    attack: atk_lib.Attack
-    model: nn.Module
-
-
-def attack_runs(
-    model: nn.Module, attacks: Mapping[str, atk_lib.Attack], adaptive: bool | str = "auto"
-) -> list[Run]:
-    """The runs of a curve: every attack on the model, plus adaptive runs where needed.
-
-    Raises:
-        ValueError: ``adaptive`` is not True, False or ``"auto"``.
-    """
-    if adaptive not in (True, False, "auto"):
-        raise ValueError(f"adaptive must be True, False or 'auto', got {adaptive!r}")
-    use = adaptive is True or (adaptive == "auto" and atk_lib.needs_adaptive(model))
-    out = [Run(label, a, model) for label, a in attacks.items()]
-    if use:
-        wrapped = atk_lib.adaptive_model(model)
-        out += [Run(f"{label}{ADAPTIVE_SUFFIX}", a, wrapped) for label, a in attacks.items()]
-    return out
-
-
 def _select_samples(data: DataLike, n_examples: int | None, seed: int) -> Tensor:
     """Dataset indices to evaluate: all, or a fixed subset of ``n_examples`` chosen by ``seed``.
 
@@ -130,26 +123,67 @@ def _batches(
 
 @dataclass
 class _Tally:
-    """What the batches add up to: per-run robustness and cost, clean correctness, health."""
+    """What the batches add up to: per-run robustness and cost, clean correctness, health.
+
+    Plain data, so a sharded or resumed evaluation can save and gather it: ``robust[label]`` is
+    a list with one CPU ``bool [K, n_b]`` tensor per batch (True: still robust), ``clean`` one
+    CPU ``bool [n_b]`` per batch, ``cost[label]`` sums ``wall_time``/``n_forward``/
+    ``n_backward`` over batches, and ``broken_by`` sums the reference's
+    ``eps -> member -> samples`` counts.
+    """
 
     robust: dict[str, list[Tensor]]
     cost: dict[str, dict[str, float]]
     clean: list[Tensor] = field(default_factory=list)
     health: list[Flag] = field(default_factory=list)
-    first: tuple[Tensor, Tensor] | None = None
+    broken_by: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @classmethod
-    def start(cls, runs: Sequence[Run]) -> _Tally:
+    def start(cls, labels: Sequence[str]) -> _Tally:
         zero = {"wall_time": 0.0, "n_forward": 0, "n_backward": 0}
-        return cls({r.label: [] for r in runs}, {r.label: dict(zero) for r in runs})
+        return cls({label: [] for label in labels}, {label: dict(zero) for label in labels})
 
     def add(self, label: str, res: atk_lib.AttackResult) -> None:
         """Record one run's result on one batch."""
-        self.robust[label].append((~res.success).cpu())
+        self.record(label, ~res.success, res)
+
+    def record(self, label: str, robust: Tensor, cost: Any) -> None:
+        """Record a row's ``bool [K, n_b]`` robustness on one batch and its cost."""
+        self.robust[label].append(robust.cpu())
         acc = self.cost[label]
-        acc["wall_time"] += res.wall_time
-        acc["n_forward"] += res.n_forward
-        acc["n_backward"] += res.n_backward
+        for key in acc:
+            acc[key] += cost[key] if isinstance(cost, Mapping) else getattr(cost, key)
+
+    def alive(self, labels: Sequence[str]) -> Tensor:
+        """``bool [K, n_b]`` of the last batch: clean-correct and robust under every row."""
+        out = self.clean[-1].unsqueeze(0).clone()
+        for label in labels:
+            out = out & self.robust[label][-1]
+        return out
+
+    def add_broken_by(self, counts: Mapping[str, Mapping[str, int]]) -> None:
+        """Sum the reference's per-eps member counts of one batch."""
+        for eps, members in counts.items():
+            into = self.broken_by.setdefault(eps, {})
+            for member, n in members.items():
+                into[member] = into.get(member, 0) + int(n)
+
+
+@dataclass
+class _Plan:
+    """What a curve runs: its rows, the reference (if it runs) and the model it attacks."""
+
+    runs: list[Run]
+    reference: ReferenceSetting
+    reference_model: nn.Module
+    reference_target: str
+
+    @property
+    def labels(self) -> list[str]:
+        """Every row label, the reference's last."""
+        ref = self.reference
+        extra = [ref.label] if ref.suite is not None and ref.label is not None else []
+        return [r.label for r in self.runs] + extra
 
 
 def robustness_curve(
@@ -166,6 +200,8 @@ def robustness_curve(
     checks: bool = True,
     progress: bool = True,
     check_kwargs: Mapping[str, Any] | None = None,
+    reference: ReferenceArg = "auto",
+    headline_eps: float | None = None,
 ) -> Curve:
     """Evaluate robust accuracy over an eps grid for each attack and their worst case.
 
@@ -178,44 +214,101 @@ def robustness_curve(
         batch_size: Samples per batch; memory is bounded by it.
         seed: Seeds the sample selection, attacks built from names, and global RNGs.
         device: Where to evaluate (default: the model's device).
-        adaptive: ``"auto"`` adds BPDA/EOT runs for non-differentiable or random models.
+        adaptive: ``"auto"`` adds BPDA/EOT runs for non-differentiable or random models and
+            the runs the gradient probe calls for (margin loss, straight-through, EOT);
+            ``False`` runs the chosen attacks only.
         checks: Run the preflight (before attacking) and gradient-masking checks (after).
         progress: Show a progress bar.
         check_kwargs: Extra keyword arguments for ``checks.masking_checks``.
+        reference: ``"auto"`` (default): the reference suite, at its full budgets, on the
+            samples every run left standing at the headline eps; ``"all"``: at every eps;
+            ``False``: none (the health says so); an Attack (e.g. a reduced
+            ``standard_suite(...)``): that attack as the reference, labelled "reduced" unless
+            it is the full suite.
+        headline_eps: The eps of the headline number (on the grid; default the largest).
 
     Returns:
-        A :class:`Curve`.
+        A :class:`Curve`; its ``reference`` row holds the worst case with the reference.
 
     Raises:
-        ValueError: Bad eps grid, ``n_examples`` larger than the data, no attacks, or a model
-            that fails the preflight (e.g. it returns probabilities).
+        ValueError: Bad eps grid or headline eps, ``n_examples`` larger than the data, no
+            attacks, a bad ``reference``, or a model that fails the preflight (e.g. it
+            returns probabilities).
     """
     grid = _validate_grid(eps)
     attack_map = resolve_attacks(attacks, seed)
     check_positive_int("batch_size", batch_size)
     indices = _select_samples(data, n_examples, seed)
-    runs = attack_runs(model, attack_map, adaptive)
+    setting = resolve_reference(reference, attack_map, grid, headline_eps, seed)
     dev = torch.device(device) if device is not None else model_device(model)
     torch.manual_seed(seed)
-    tally = _Tally.start(runs)
-    with _progress_bar(len(indices), batch_size, runs, progress) as bar:
+    x0, y0 = _first_samples(data, indices, batch_size, dev)
+    health = _preflight(model, x0, y0, attack_map) if checks else []
+    plan = _plan(model, attack_map, adaptive, setting, x0[:100], y0[:100])
+    tally = _Tally.start(plan.labels)
+    tally.health = health
+    with _progress_bar(len(indices), batch_size, plan.labels, progress) as bar:
         for x, y, ids in _batches(data, indices, batch_size, dev):
-            if tally.first is None:
-                tally.first = (x[:100], y[:100])
-                tally.health = _preflight(model, x, y, attack_map) if checks else []
-            _evaluate_batch(model, runs, x, y, ids, grid, tally, bar)
-    curve = _assemble(tally, runs, grid, indices, seed)
-    if checks and tally.first is not None:
+            _evaluate_batch(model, plan.runs, x, y, ids, grid, tally, bar)
+            _reference_batch(plan, x, y, ids, grid, tally, bar)
+    curve = _assemble(tally, plan, grid, indices, seed)
+    curve.health.append(check_weaker_than_reference(curve))
+    if checks:
         curve.health += masking_checks(
-            curve, model, *tally.first, attack_map, **(check_kwargs or {})
+            curve, model, x0[:100], y0[:100], attack_map, **(check_kwargs or {})
         )
     logger.info("robustness curve done:\n%s", curve.table())
     return curve
 
 
-def _progress_bar(n: int, batch_size: int, runs: Sequence[Run], show: bool) -> tqdm:
-    """A bar over every (batch, run) pair of the evaluation."""
-    total = -(-n // batch_size) * len(runs)
+def _first_samples(
+    data: DataLike, indices: Tensor, batch_size: int, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """The evaluation's first batch (the same on every shard): preflight, probe and checks."""
+    x, y = tensors_of(data, indices[:batch_size])
+    return x.to(device), y.to(device=device, dtype=torch.long)
+
+
+def _plan(
+    model: nn.Module,
+    attack_map: Mapping[str, atk_lib.Attack],
+    adaptive: bool | str,
+    setting: ReferenceSetting,
+    x: Tensor,
+    y: Tensor,
+) -> _Plan:
+    """Probe the gradients on the first samples and plan the runs and the reference."""
+    report = gradient_probe(model, x, y)
+    logger.debug("gradient probe: %s", report)
+    runs = plan_runs(model, attack_map, adaptive, report)
+    ref_model, target = reference_model(model, adaptive, report)
+    return _Plan(runs, setting, ref_model, target)
+
+
+def _reference_batch(
+    plan: _Plan,
+    x: Tensor,
+    y: Tensor,
+    ids: Tensor,
+    grid: list[float],
+    tally: _Tally,
+    bar: tqdm,
+) -> None:
+    """The reference suite on the samples every run of this batch left standing."""
+    ref = plan.reference
+    if ref.suite is None or ref.label is None:
+        return
+    bar.set_postfix_str(ref.label)
+    alive = tally.alive([r.label for r in plan.runs])
+    rows = reference_rows(ref.suite, plan.reference_model, x, y, ids, grid, ref.ran, alive)
+    tally.record(ref.label, rows.robust, rows.cost)
+    tally.add_broken_by(rows.broken_by)
+    bar.update()
+
+
+def _progress_bar(n: int, batch_size: int, labels: Sequence[str], show: bool) -> tqdm:
+    """A bar over every (batch, row) pair of the evaluation."""
+    total = -(-n // batch_size) * len(labels)
     return tqdm(total=total, desc="robustness curve", disable=not show, leave=False)
 
 
@@ -247,22 +340,46 @@ def _evaluate_batch(
         bar.update()
 
 
-def _assemble(
-    tally: _Tally, runs: Sequence[Run], grid: list[float], indices: Tensor, seed: int
-) -> Curve:
+def _assemble(tally: _Tally, plan: _Plan, grid: list[float], indices: Tensor, seed: int) -> Curve:
     """The curve of the batches' results (health: the preflight's flags so far)."""
+    ref = plan.reference
+    configs = {r.label: r.attack.config() for r in plan.runs}
+    why = {r.label: r.why for r in plan.runs}
+    if ref.suite is not None and ref.label is not None:
+        configs[ref.label] = ref.config
+        why[ref.label] = "the reference suite, on the samples every run left standing"
+    record = ReferenceRecord(
+        label=ref.label,
+        mode=ref.mode,
+        reduced=ref.reduced,
+        ran=list(ref.ran),
+        shared=ref.shared,
+        model=plan.reference_target,
+        config=ref.config,
+        broken_by=tally.broken_by,
+    )
     return Curve(
         eps=torch.tensor(grid, dtype=torch.float64),
-        attacks=[r.label for r in runs],
+        attacks=plan.labels,
         robust={k: torch.cat(v, dim=1) for k, v in tally.robust.items()},
         clean_correct=torch.cat(tally.clean),
         indices=indices,
         cost=tally.cost,
         seed=seed,
-        norm=runs[0].attack.norm.value,
+        norm=plan.runs[0].attack.norm.value,
         health=list(tally.health),
-        attack_configs={r.label: r.attack.config() for r in runs},
+        attack_configs=configs,
+        reference=record,
+        why=why,
     )
 
 
-__all__ = ["ADAPTIVE_SUFFIX", "Curve", "Run", "attack_runs", "resolve_attacks", "robustness_curve"]
+__all__ = [
+    "ADAPTIVE_SUFFIX",
+    "Curve",
+    "Run",
+    "attack_runs",
+    "plan_runs",
+    "resolve_attacks",
+    "robustness_curve",
+]
