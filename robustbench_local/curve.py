@@ -92,7 +92,8 @@ class Curve:
 
     Attributes:
         eps: ``[K]`` the budgets, increasing.
-        attacks: Attack labels in evaluation order (adaptive runs end in ``+adaptive``).
+        attacks: Row labels in evaluation order: the chosen attacks, their derived runs
+            (``+adaptive``, ``+margin``, ``+ste``, ``+eot``) and last the ``reference`` row.
         robust: ``label -> bool [K, N]``: sample still classified correctly under that attack.
         clean_correct: ``bool [N]``: correct on the clean input.
         indices: ``[N]`` dataset indices of the evaluated samples.
@@ -130,7 +131,7 @@ class Curve:
 
     @property
     def headline_labels(self) -> list[str]:
-        """Labels the worst case is taken over: every attack, naive and adaptive."""
+        """Labels the worst case is taken over: every row, naive, derived and the reference."""
         return list(self.attacks)
 
     @property
@@ -232,6 +233,8 @@ class Curve:
     def plot(self, path: str | os.PathLike[str] | None = None, title: str | None = None) -> Figure:
         """Accuracy vs eps, one line per attack (naive dashed, adaptive solid), worst case bold.
 
+        The reference row is drawn as red crosses at the eps where it ran.
+
         Args:
             path: Also save the figure here (format from the suffix).
             title: Figure title (default: the sample count).
@@ -247,8 +250,10 @@ class Curve:
         for label in self.attacks:
             naive = f"{label}{ADAPTIVE_SUFFIX}" in self.robust
             acc = [self.clean_accuracy, *self.accuracy(label).tolist()]
-            if label == self.reference_label and not self.reference.shared:  # type: ignore[union-attr]
-                ax.plot(eps, acc, "rx", ms=8, label=self._column_name(label))
+            ref = self.reference
+            if ref is not None and label == ref.label and not ref.shared:
+                ref_acc = self.accuracy(label).tolist()  # markers where it ran (NaN elsewhere)
+                ax.plot(eps[1:], ref_acc, "rx", ms=8, label=self._column_name(label))
                 continue
             ax.plot(eps, acc, "--" if naive else "-", marker="o", ms=3, label=label)
         ax.plot(

@@ -146,22 +146,35 @@ class ReferenceSuite(atk_lib.AttackSuite):
         }
 
     def run(self, ctx: AttackContext, x: Tensor, y: Tensor, eps: float) -> Tensor:
-        """The standard cascade, or the "rand" one on the EOT average for a random model."""
-        if is_random(ctx, x):
+        """The standard cascade, or the "rand" one on the EOT average for a random model.
+
+        Members whose loss needs more classes than the model has (the DLR losses need 3 or 4)
+        are left out, as AutoAttack does.
+        """
+        first = ctx.logits(x)
+        if is_random(ctx, x, first):
             eot = atk_lib.EOT(ctx.model, samples=self.eot_samples)
             protocol, members, model, scale = "rand", self._rand, eot, self.eot_samples
         else:
             protocol, members, model, scale = "standard", self.members, ctx.model, 1
         ctx.details.setdefault("protocol", {})[eps] = protocol
-        return _cascade(ctx, model, members, x, y, eps, scale)
+        usable = [a for a in members if first.shape[1] >= _MIN_CLASSES.get(a.name, 2)]
+        return _cascade(ctx, model, usable, x, y, eps, scale)
 
 
-def is_random(ctx: AttackContext, x: Tensor) -> bool:
-    """The model declares ``random=True``, or two forward passes on ``x`` differ."""
+_MIN_CLASSES = {"apgd_dlr": 4, "apgd_dlr_untargeted": 3}
+"""Classes the DLR losses need (Croce & Hein 2020); other members need two."""
+
+
+def is_random(ctx: AttackContext, x: Tensor, first: Tensor | None = None) -> bool:
+    """The model declares ``random=True``, or two forward passes on ``x`` differ.
+
+    ``first`` is a forward pass already made on ``x`` (saves one).
+    """
     if getattr(ctx.model, "random", False):
         return True
-    first, second = ctx.logits(x), ctx.logits(x)
-    return not torch.allclose(first, second, rtol=1e-4, atol=1e-5)
+    first = ctx.logits(x) if first is None else first
+    return not torch.allclose(first, ctx.logits(x), rtol=1e-4, atol=1e-5)
 
 
 def _cascade(

@@ -140,3 +140,12 @@ def test_shared_and_opted_out_references(curve):
     assert curve.chosen_labels == curve.attacks
     assert curve.table().splitlines()[-1].startswith("reference: not run (reference=False)")
     assert Curve.from_dict(curve.to_dict()).reference == curve.reference
+
+
+def test_plot_marks_the_reference_where_it_ran(with_reference):
+    fig = with_reference.plot()
+    lines = {ln.get_label(): ln for ln in fig.axes[0].get_lines()}
+    ref = lines["reference (reduced)"]
+    assert ref.get_linestyle() == "None" and ref.get_marker() == "x"
+    y = list(ref.get_ydata())
+    assert y[0] == 0.25 and y[1] != y[1]  # NaN: no marker at eps 0.3

@@ -369,3 +369,12 @@ def test_standard_suite_is_as_strong_as_reference_autoattack(digits_model, digit
     ours = float(standard_suite()(digits_model, x, y, eps=eps).robust_accuracy)
     assert 0.2 < theirs < 0.95, "pick an eps where robust accuracy is in between"
     assert ours <= theirs + 0.01, (ours, theirs)
+
+
+def test_dlr_members_are_left_out_for_models_with_few_classes(digits_batch):
+    torch.manual_seed(0)
+    three = nn.Sequential(nn.Flatten(), nn.Linear(64, 3)).eval()
+    x, y = digits_batch[0][:30], digits_batch[1][:30] % 3
+    res = standard_suite(**QUICK)(three, x, y, eps=0.1)
+    assert "apgd_dlr" not in res.details["broken_by"][0.1]  # targeted DLR needs 4 classes
+    assert res.success.shape == (30,)
