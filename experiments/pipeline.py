@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
@@ -26,6 +26,7 @@ import defenses
 import robustbench_local as rbl
 from experiments.instantiate import build
 from experiments.resolvers import parse_number
+from robustbench_local.reference import ReferenceArg, reference_from_config
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +98,10 @@ def build_attacks(cfg: DictConfig) -> dict[str, dict[str, atk_lib.Attack]]:
         groups.setdefault(attack.norm.value, {})[str(label)] = attack
     suite = cfg.eval.get("suite")
     if suite:
+        logger.warning(
+            "eval.suite is deprecated: the reference suite runs on every evaluation "
+            "(eval.reference; eval=strong runs it at every eps)"
+        )
         norm = str(cfg.eval.headline.norm)
         members = [atk_lib.create(name, norm=norm, seed=cfg.seed) for name in suite]
         groups.setdefault(norm, {})["suite"] = atk_lib.AttackSuite(members)
@@ -123,6 +128,8 @@ def validate(cfg: DictConfig) -> None:
     if n is not None and (not isinstance(n, int) or n < 1):
         raise ValueError(f"eval.n_examples must be a positive integer or null, got {n!r}")
     build_attacks(cfg)
+    for norm in grids:
+        reference_of(cfg, norm)
     defense_kinds(cfg.defense, "defense")
     base = cfg.train.get("base")
     if base is not None and "training" not in defense_kinds(base, "train.base"):
@@ -267,10 +274,47 @@ def apply_defense(
     return model.eval()
 
 
+def reference_of(cfg: DictConfig, norm: str) -> ReferenceArg:
+    """The ``reference`` argument of a norm's curve from ``eval.reference``.
+
+    Raises:
+        ValueError: A value other than auto, all, false or a mapping of reduced settings.
+    """
+    value = cfg.eval.get("reference", "auto")
+    if isinstance(value, DictConfig):
+        value = OmegaConf.to_container(value, resolve=True)
+    try:
+        return reference_from_config(value, norm, seed=cfg.seed)
+    except ValueError as err:
+        raise ValueError(f"eval.reference: {err}") from err
+
+
+def headline_eps(cfg: DictConfig, norm: str) -> float | None:
+    """``eval.headline.eps`` for the headline norm's curve, else None (its largest eps)."""
+    if str(cfg.eval.headline.norm) != norm:
+        return None
+    return parse_number(cfg.eval.headline.eps)
+
+
+def reference_tags(curves: dict[str, rbl.Curve]) -> dict[str, str]:
+    """``reference.<norm>`` tags: ``auto``, ``all``, ``off``, or ``reduced`` (a chosen one)."""
+    tags = {}
+    for norm, curve in curves.items():
+        ref = curve.reference
+        mode = "off" if ref is None else ("reduced" if ref.reduced else ref.mode)
+        tags[f"reference.{norm}"] = mode
+    return tags
+
+
 def evaluate(
     cfg: DictConfig, model: nn.Module, data: Data, device: torch.device
 ) -> dict[str, rbl.Curve]:
-    """One robustness curve per norm of the configured attacks."""
+    """One robustness curve per norm of the configured attacks, each with its reference.
+
+    The reference runs at ``eval.headline.eps`` on the headline norm (else at the largest eps)
+    as ``eval.reference`` says; its mode is tagged on the active MLflow run
+    (:func:`reference_tags`).
+    """
     grids = eps_grids(cfg)
     curves = {}
     for norm, group in build_attacks(cfg).items():
@@ -288,8 +332,19 @@ def evaluate(
             checks=cfg.eval.checks,
             progress=cfg.progress,
             state_dir=Path(cfg.eval.state_dir) / norm if cfg.eval.get("state_dir") else None,
+            reference=reference_of(cfg, norm),
+            headline_eps=headline_eps(cfg, norm),
         )
+    _tag_active_run(reference_tags(curves))
     return curves
+
+
+def _tag_active_run(tags: dict[str, str]) -> None:
+    """Set ``tags`` on the active MLflow run, if there is one (tracking may be off)."""
+    import mlflow
+
+    if tags and mlflow.active_run() is not None:
+        mlflow.set_tags(tags)
 
 
 def headline(cfg: DictConfig, curves: dict[str, rbl.Curve]) -> float | None:
@@ -321,8 +376,11 @@ __all__ = [
     "eps_grids",
     "evaluate",
     "headline",
+    "headline_eps",
     "load_data",
     "preflight",
+    "reference_of",
+    "reference_tags",
     "resolve_device",
     "tensor_digest",
     "validate",

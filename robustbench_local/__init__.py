@@ -29,6 +29,8 @@ _EXPORTS = {
     "robustness_curve": "evaluate",
     "Curve": "curve",
     "benchmark": "benchmark",
+    "standard_suite": "reference",
+    "SUITE_VERSION": "reference",
     "ModelCard": "card",
     "Leaderboard": "leaderboard",
     "init_distributed": "distributed",

@@ -59,7 +59,15 @@ def _parser() -> argparse.ArgumentParser:
     bm.add_argument("--batch-size", type=int, default=500)
     bm.add_argument("--seed", type=int, default=0)
     bm.add_argument("--device", default=None)
-    bm.add_argument("--steps", type=int, default=100, help="APGD steps (100 = standard suite)")
+    bm.add_argument(
+        "--steps", type=int, default=100, help="APGD and FAB iterations (100 = standard suite)"
+    )
+    bm.add_argument(
+        "--n-target-classes", type=int, default=9, help="APGD-T/FAB-T targets (9 = standard)"
+    )
+    bm.add_argument(
+        "--square-queries", type=int, default=5000, help="Square queries (5000 = standard)"
+    )
     bm.add_argument(
         "--out", type=Path, default=None, help="leaderboard folder for the card (default: --dir)"
     )
@@ -96,6 +104,8 @@ def _benchmark(args: argparse.Namespace) -> int:
         device=args.device,
         reported=args.reported,
         steps=args.steps,
+        n_target_classes=args.n_target_classes,
+        square_queries=args.square_queries,
         progress=args.verbose,
     )
     out = card.save(args.out or default_leaderboard_dir())

@@ -1,10 +1,12 @@
 """A local RobustBench: a fixed strong attack suite run on a track, giving a model card.
 
-:func:`benchmark` evaluates a model on a track (dataset, threat model, eps) with a fixed suite,
-APGD-CE followed by the targeted APGD-DLR on the survivors (the per-sample worst case, as in the
-AutoAttack cascade minus FAB and Square), through :func:`robustness_curve`, so non-differentiable
-or random models are also attacked adaptively (BPDA/EOT) and the health checks run. The result
-is a :class:`~robustbench_local.card.ModelCard`; :class:`~robustbench_local.leaderboard.Leaderboard`
+:func:`benchmark` evaluates a model on a track (dataset, threat model, eps) with the standard
+suite (:func:`~robustbench_local.reference.standard_suite`: APGD-CE, APGD-T, FAB-T and Square,
+each on the survivors of the previous ones, as AutoAttack "standard"; its "rand" protocol for
+random models) through :func:`robustness_curve`, so non-differentiable or random models are also
+attacked adaptively (BPDA/EOT/straight-through) and the health checks run. The suite is also the
+curve's reference, so it does not run twice. The result is a
+:class:`~robustbench_local.card.ModelCard`; :class:`~robustbench_local.leaderboard.Leaderboard`
 ranks the cards of a folder among the published reference rows.
 
 Accuracies on cards are percentages (``98.53``), as in RobustBench.
@@ -24,10 +26,8 @@ References:
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
-from typing import Any
 
 import torch
 from torch import nn
@@ -56,38 +56,21 @@ from robustbench_local.leaderboard import (
     summary,
 )
 from robustbench_local.models import weights_digest
+from robustbench_local.planning import EOT_SUFFIX, STE_SUFFIX
+from robustbench_local.reference import (
+    SQUARE_QUERIES,
+    STANDARD_STEPS,
+    STANDARD_TARGETS,
+    SUITE_VERSION,
+    ReferenceSuite,
+    plain,
+    standard_suite,
+)
 
 logger = logging.getLogger(__name__)
 
-SUITE_VERSION = "1"
-"""Bump when the standard suite changes; cards of different versions are not comparable."""
-SUITE_LABEL = "apgd_ce+apgd_dlr"
-STANDARD_STEPS = 100
-STANDARD_TARGETS = 9
-
-
-def standard_suite(
-    threat_model: str = "linf",
-    *,
-    steps: int = STANDARD_STEPS,
-    n_target_classes: int = STANDARD_TARGETS,
-    seed: int = 0,
-    bounds: tuple[float, float] = (0.0, 1.0),
-) -> atk_lib.AttackSuite:
-    """APGD-CE, then targeted APGD-DLR on the survivors (AutoAttack's first two attacks).
-
-    Raises:
-        ValueError: Unknown threat model or bad attack settings.
-    """
-    norm = check_threat_model(threat_model)
-    common = {"norm": norm, "steps": steps, "seed": seed, "bounds": bounds}
-    return atk_lib.AttackSuite(
-        [
-            atk_lib.create("apgd_ce", **common),
-            atk_lib.create("apgd_dlr", n_target_classes=n_target_classes, **common),
-        ],
-        seed=seed,
-    )
+SUITE_LABEL = "standard_suite"
+"""The curve row of the suite in a benchmark run."""
 
 
 def benchmark(
@@ -105,6 +88,7 @@ def benchmark(
     reported: float | None = None,
     steps: int = STANDARD_STEPS,
     n_target_classes: int = STANDARD_TARGETS,
+    square_queries: int = SQUARE_QUERIES,
     checks: bool = True,
     progress: bool = False,
 ) -> ModelCard:
@@ -122,9 +106,10 @@ def benchmark(
         seed: Sample selection and attack seed.
         device: Where to evaluate (default: the model's device).
         reported: Robust accuracy the paper reports for this model, in percent.
-        steps: APGD steps per run (default :data:`STANDARD_STEPS`; fewer only for tests, and
-            the card then notes the non-standard suite).
-        n_target_classes: Targets of APGD-DLR (default :data:`STANDARD_TARGETS`).
+        steps: APGD and FAB iterations (default :data:`STANDARD_STEPS`; fewer only for tests,
+            and the card then says the suite was reduced).
+        n_target_classes: Targets of APGD-T and FAB-T (default :data:`STANDARD_TARGETS`).
+        square_queries: Queries of Square (default :data:`SQUARE_QUERIES`).
         checks: Run the preflight and gradient-masking checks (recorded on the card).
         progress: Show a progress bar.
 
@@ -138,16 +123,21 @@ def benchmark(
     """
     eps = _check_track(threat_model, eps)
     _, test = load_dataset(dataset, data_dir)
-    suite = standard_suite(threat_model, steps=steps, n_target_classes=n_target_classes, seed=seed)
+    budgets = {"steps": steps, "n_target_classes": n_target_classes}
+    suite = standard_suite(threat_model, **budgets, square_queries=square_queries, seed=seed)
     evaluation = dict(n_examples=n_examples, batch_size=batch_size, seed=seed, device=device)
     curve = robustness_curve(
-        model, test, {SUITE_LABEL: suite}, [eps], checks=checks, progress=progress, **evaluation
+        model,
+        test,
+        {SUITE_LABEL: suite},
+        [eps],
+        checks=checks,
+        progress=progress,
+        reference=suite,  # the suite is the reference: it runs once
+        **evaluation,
     )
-    standard = steps == STANDARD_STEPS and n_target_classes == STANDARD_TARGETS
     track = {"dataset": dataset, "threat_model": threat_model, "eps": eps}
-    return card_from_curve(
-        curve, model, **track, name=name, reported=reported, suite=suite, standard=standard
-    )
+    return card_from_curve(curve, model, **track, name=name, reported=reported, suite=suite)
 
 
 def _check_track(threat_model: str, eps: float) -> float:
@@ -171,7 +161,7 @@ def card_from_curve(
     name: str | None = None,
     reported: float | None = None,
     suite: atk_lib.Attack | None = None,
-    standard: bool = True,
+    standard: bool | None = None,
 ) -> ModelCard:
     """Turn a one-eps robustness curve of the suite into a :class:`ModelCard`.
 
@@ -184,8 +174,12 @@ def card_from_curve(
         name: Card name (default: the architecture and the digest's first 8 characters).
         reported: Robust accuracy the paper reports, in percent.
         suite: The attack suite (its configuration goes on the card).
-        standard: Whether the suite ran with its standard settings.
+        standard: Whether the suite ran with its standard settings (default: read from a
+            :class:`~robustbench_local.reference.ReferenceSuite`, else False); a reduced
+            suite's card gets suite version ``"<version>-reduced"`` and a note.
     """
+    if standard is None:
+        standard = isinstance(suite, ReferenceSuite) and not suite.reduced
     robust = curve.worst_case_robust()[0]
     n, k = int(robust.numel()), int(robust.sum())
     ci_low, ci_high = percent_interval(k, n)
@@ -205,20 +199,32 @@ def card_from_curve(
         ci_high=ci_high,
         seed=int(curve.seed),
         weights_digest=digest,
-        suite_version=SUITE_VERSION if standard else f"{SUITE_VERSION}-custom",
-        suite=_plain(suite.config()) if suite is not None else {},
-        health=_plain([h.to_dict() for h in curve.health]),
+        suite_version=SUITE_VERSION if standard else f"{SUITE_VERSION}-reduced",
+        suite=plain(suite.config()) if suite is not None else {},
+        health=plain([h.to_dict() for h in curve.health]),
         cost={**curve.total_cost(), "n_examples": n},
         source=BENCHMARKED,
-        adaptive=any(label.endswith(ADAPTIVE_SUFFIX) for label in curve.attacks),
+        adaptive=any(label.endswith(ADAPTIVE_SUFFIXES) for label in curve.attacks),
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        notes="" if standard else "non-standard suite settings: not comparable with the track",
+        notes=_notes(suite, standard),
     )
 
 
-def _plain(value: Any) -> Any:
-    """``value`` as plain JSON types (tuples become lists), so cards round-trip exactly."""
-    return json.loads(json.dumps(value, default=str))
+ADAPTIVE_SUFFIXES = (ADAPTIVE_SUFFIX, STE_SUFFIX, EOT_SUFFIX)
+"""Rows attacked through BPDA, straight-through gradients or EOT (the card's ``adaptive``)."""
+
+
+def _notes(suite: atk_lib.Attack | None, standard: bool) -> str:
+    """What makes a card not comparable with its track: a reduced suite, missing members."""
+    notes = []
+    if not standard:
+        budgets = getattr(suite, "budgets", None)
+        settings = f" ({', '.join(f'{k}={v}' for k, v in budgets.items())})" if budgets else ""
+        notes.append(f"reduced suite{settings}: not comparable with the track")
+    missing = getattr(suite, "missing", None)
+    if missing:
+        notes.append(f"suite without {', '.join(missing)} (not installed)")
+    return "; ".join(notes)
 
 
 __all__ = [
@@ -226,6 +232,9 @@ __all__ = [
     "LEADERBOARD_ENV",
     "REFERENCE_DIR",
     "REPORTED_BY_PAPER",
+    "SQUARE_QUERIES",
+    "STANDARD_STEPS",
+    "STANDARD_TARGETS",
     "SUITE_LABEL",
     "SUITE_VERSION",
     "THREAT_MODELS",

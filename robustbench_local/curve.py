@@ -3,8 +3,15 @@
 A :class:`Curve` is what :func:`robustbench_local.evaluate.robustness_curve` returns and what
 the checks (:mod:`robustbench_local.checks`), the benchmark, the gates and the experiments read:
 the eps grid, one boolean ``[K, N]`` robustness matrix per attack, clean correctness, the cost,
-the health flags, and its renderings (a text table, a figure, JSON). It imports only the health
-vocabulary, so both the evaluation and the checks import it without a cycle.
+the health flags, what the reference suite did (:class:`ReferenceRecord`), and its renderings
+(a text table, a figure, JSON). It imports only the health vocabulary, so both the evaluation
+and the checks import it without a cycle.
+
+The reference row (label ``"reference"``) holds the worst case *with* the reference: a sample
+is robust there when no chosen attack and no reference attack broke it. The reference attacks
+only the chosen attacks' survivors, and only at some eps (:meth:`Curve.ran`); a sample it breaks
+at eps ``e`` counts as broken at every eps ``>= e``. Where it did not run, its accuracy is NaN
+and the table shows ``-``.
 
 References:
     Carlini et al., "On Evaluating Adversarial Robustness", arXiv:1902.06705, 2019.
@@ -12,6 +19,8 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,12 +36,64 @@ if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn
 
 
 @dataclass
+class ReferenceRecord:
+    """What the reference suite did in a curve.
+
+    Attributes:
+        label: The row holding the worst case with the reference (``"reference"``, or the
+            chosen attack's label when the chosen attacks include the same suite).
+        mode: ``"auto"`` (headline eps), ``"all"`` (every eps), ``"explicit"`` (a user-chosen
+            reference at the headline eps) or ``"off"`` (opted out: no row).
+        reduced: A user-chosen reference that is not the suite at its full budgets.
+        ran: ``[K]``: the eps where it ran.
+        shared: The chosen attacks include the same suite, so it did not run twice.
+        model: What it attacked (``"as given"``, ``"BPDA ..."``, ``"straight-through"``).
+        config: Its configuration.
+        broken_by: ``eps -> member -> samples`` it broke (summed over batches).
+    """
+
+    label: str | None
+    mode: str
+    reduced: bool = False
+    ran: list[bool] = field(default_factory=list)
+    shared: bool = False
+    model: str = "as given"
+    config: dict[str, Any] = field(default_factory=dict)
+    broken_by: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def display(self) -> str:
+        """How the row is named in tables: ``reference`` or ``reference (reduced)``."""
+        name = self.label or "reference"
+        return f"{name} (reduced)" if self.reduced else name
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ReferenceRecord:
+        """Rebuild a record from :meth:`to_dict` output."""
+        return cls(
+            label=d.get("label"),
+            mode=str(d["mode"]),
+            reduced=bool(d.get("reduced", False)),
+            ran=[bool(v) for v in d.get("ran", [])],
+            shared=bool(d.get("shared", False)),
+            model=str(d.get("model", "as given")),
+            config=dict(d.get("config") or {}),
+            broken_by={str(k): dict(v) for k, v in (d.get("broken_by") or {}).items()},
+        )
+
+
+@dataclass
 class Curve:
     """A robustness curve and everything needed to audit it.
 
     Attributes:
         eps: ``[K]`` the budgets, increasing.
-        attacks: Attack labels in evaluation order (adaptive runs end in ``+adaptive``).
+        attacks: Row labels in evaluation order: the chosen attacks, their derived runs
+            (``+adaptive``, ``+margin``, ``+ste``, ``+eot``) and last the ``reference`` row.
         robust: ``label -> bool [K, N]``: sample still classified correctly under that attack.
         clean_correct: ``bool [N]``: correct on the clean input.
         indices: ``[N]`` dataset indices of the evaluated samples.
@@ -41,6 +102,8 @@ class Curve:
         norm: The threat model's norm.
         health: Check results (:class:`robustbench_local.health.Flag`).
         attack_configs: ``label -> Attack.config()``.
+        reference: What the reference suite did (None for curves built without one).
+        why: ``label -> why the row is there`` (``"chosen"``, or the reason of a derived run).
     """
 
     eps: Tensor
@@ -53,6 +116,8 @@ class Curve:
     norm: str = "linf"
     health: list[Flag] = field(default_factory=list)
     attack_configs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    reference: ReferenceRecord | None = None
+    why: dict[str, str] = field(default_factory=dict)
 
     @property
     def n_examples(self) -> int:
@@ -66,16 +131,37 @@ class Curve:
 
     @property
     def headline_labels(self) -> list[str]:
-        """Labels the worst case is taken over: every attack, naive and adaptive."""
+        """Labels the worst case is taken over: every row, naive, derived and the reference."""
         return list(self.attacks)
 
+    @property
+    def reference_label(self) -> str | None:
+        """The row of the worst case with the reference (None when no reference ran)."""
+        return None if self.reference is None else self.reference.label
+
+    @property
+    def chosen_labels(self) -> list[str]:
+        """Every row but the reference's own (the chosen attacks and their derived runs)."""
+        ref = self.reference
+        if ref is None or ref.shared:
+            return list(self.attacks)
+        return [a for a in self.attacks if a != ref.label]
+
+    def ran(self, label: str) -> Tensor:
+        """``bool [K]``: the eps where a row's attack ran (the reference's may be partial)."""
+        ref = self.reference
+        if ref is not None and label == ref.label and ref.ran:
+            return torch.tensor(ref.ran, dtype=torch.bool)
+        return torch.ones(len(self.eps), dtype=torch.bool)
+
     def accuracy(self, label: str) -> Tensor:
-        """Robust accuracy per eps ``[K]`` under one attack."""
+        """Robust accuracy per eps ``[K]`` under one attack (NaN where it did not run)."""
         if label not in self.robust:
             raise ValueError(
                 f"no attack {label!r} in this curve; it has: {', '.join(self.attacks)}"
             )
-        return self.robust[label].float().mean(dim=1)
+        acc = self.robust[label].float().mean(dim=1)
+        return torch.where(self.ran(label), acc, torch.full_like(acc, math.nan))
 
     def worst_case_robust(self) -> Tensor:
         """``bool [K, N]``: robust under every attack (the per-sample worst case)."""
@@ -85,27 +171,69 @@ class Curve:
         return out
 
     def worst_case(self) -> Tensor:
-        """Per-sample worst-case robust accuracy per eps ``[K]``."""
+        """Per-sample worst-case robust accuracy per eps ``[K]`` (the reference included)."""
         return self.worst_case_robust().float().mean(dim=1)
+
+    def chosen_worst_case_robust(self) -> Tensor:
+        """``bool [K, N]``: robust under every chosen attack and derived run (no reference)."""
+        out = self.clean_correct.unsqueeze(0).expand(len(self.eps), -1).clone()
+        for label in self.chosen_labels:
+            out &= self.robust[label]
+        return out
+
+    def chosen_worst_case(self) -> Tensor:
+        """Worst-case robust accuracy per eps ``[K]`` of the chosen attacks alone."""
+        return self.chosen_worst_case_robust().float().mean(dim=1)
 
     def total_cost(self) -> dict[str, float]:
         """Cost summed over attacks."""
         keys = ("wall_time", "n_forward", "n_backward")
         return {k: float(sum(c.get(k, 0) for c in self.cost.values())) for k in keys}
 
+    def _column_name(self, label: str) -> str:
+        ref = self.reference
+        return ref.display if ref is not None and label == ref.label else label
+
     def table(self) -> str:
-        """A text table: one row per eps, one column per attack, plus the worst case."""
-        cols = [*self.attacks, "worst_case"]
+        """A text table: one row per eps, one column per attack, plus the worst case.
+
+        The reference column shows ``-`` where it did not run; lines below the table say why
+        each derived run is there and what the reference did (or that none ran).
+        """
+        cols = [*(self._column_name(a) for a in self.attacks), "worst_case"]
         width = max(10, *(len(c) for c in cols))
         head = f"{'eps':>8} " + " ".join(f"{c:>{width}}" for c in cols)
         lines = [f"clean accuracy {self.clean_accuracy:.2%} on {self.n_examples} samples", head]
         accs = [self.accuracy(a) for a in self.attacks] + [self.worst_case()]
         for k, e in enumerate(self.eps.tolist()):
-            lines.append(f"{e:>8.4g} " + " ".join(f"{float(a[k]):>{width}.2%}" for a in accs))
+            cells = ["-" if math.isnan(float(a[k])) else f"{float(a[k]):.2%}" for a in accs]
+            lines.append(f"{e:>8.4g} " + " ".join(f"{c:>{width}}" for c in cells))
+        lines += [
+            f"{label}: {why}"
+            for label, why in self.why.items()
+            if why != "chosen" and label != self.reference_label
+        ]
+        lines += self._reference_lines()
         return "\n".join(lines)
+
+    def _reference_lines(self) -> list[str]:
+        ref = self.reference
+        if ref is None:
+            return []
+        if ref.mode == "off":
+            return ["reference: not run (reference=False); these numbers are not checked"]
+        where = [f"{float(e):g}" for e, r in zip(self.eps.tolist(), ref.ran, strict=True) if r]
+        kind = "a reduced reference" if ref.reduced else "the standard suite"
+        text = f"{ref.display}: worst case with {kind}"
+        text += f" at eps {', '.join(where)} (on {ref.model})"
+        if ref.shared:
+            text += f"; it is the chosen attack {ref.label!r}, not run twice"
+        return [text]
 
     def plot(self, path: str | os.PathLike[str] | None = None, title: str | None = None) -> Figure:
         """Accuracy vs eps, one line per attack (naive dashed, adaptive solid), worst case bold.
+
+        The reference row is drawn as red crosses at the eps where it ran.
 
         Args:
             path: Also save the figure here (format from the suffix).
@@ -122,6 +250,11 @@ class Curve:
         for label in self.attacks:
             naive = f"{label}{ADAPTIVE_SUFFIX}" in self.robust
             acc = [self.clean_accuracy, *self.accuracy(label).tolist()]
+            ref = self.reference
+            if ref is not None and label == ref.label and not ref.shared:
+                ref_acc = self.accuracy(label).tolist()  # markers where it ran (NaN elsewhere)
+                ax.plot(eps[1:], ref_acc, "rx", ms=8, label=self._column_name(label))
+                continue
             ax.plot(eps, acc, "--" if naive else "-", marker="o", ms=3, label=label)
         ax.plot(
             eps,
@@ -152,8 +285,11 @@ class Curve:
             "norm": self.norm,
             "health": [h.to_dict() for h in self.health],
             "attack_configs": self.attack_configs,
-            "accuracy": {k: self.accuracy(k).tolist() for k in self.attacks},
+            "reference": None if self.reference is None else self.reference.to_dict(),
+            "why": dict(self.why),
+            "accuracy": {k: _no_nan(self.accuracy(k)) for k in self.attacks},
             "worst_case": self.worst_case().tolist(),
+            "chosen_worst_case": self.chosen_worst_case().tolist(),
             "clean_accuracy": self.clean_accuracy,
         }
 
@@ -171,7 +307,14 @@ class Curve:
             norm=str(d.get("norm", "linf")),
             health=[Flag.from_dict(h) for h in d.get("health", [])],
             attack_configs=dict(d.get("attack_configs", {})),
+            reference=None if not d.get("reference") else ReferenceRecord.from_dict(d["reference"]),
+            why=dict(d.get("why") or {}),
         )
 
 
-__all__ = ["Curve"]
+def _no_nan(values: Tensor) -> list[float | None]:
+    """A list with None where ``values`` is NaN (JSON has no NaN)."""
+    return [None if math.isnan(v) else v for v in values.tolist()]
+
+
+__all__ = ["Curve", "ReferenceRecord"]

@@ -33,6 +33,7 @@ from robustbench_local.card import (
     check_threat_model,
     percent_interval,
 )
+from robustbench_local.reference import SUITE_VERSION
 
 logger = logging.getLogger(__name__)
 
@@ -198,7 +199,7 @@ class Leaderboard:
                     ci,
                     _fmt_pct(c.reported),
                     "-" if c.n_examples is None else str(c.n_examples),
-                    c.source,
+                    _source(c),
                     health,
                 ]
             )
@@ -222,8 +223,10 @@ class Leaderboard:
 
     def _legend(self) -> str:
         return (
-            "robust: worst case of APGD-CE + APGD-DLR (local rows) or AutoAttack (reference "
-            "rows); accuracies in %; reported: the paper's own number."
+            f"robust: worst case of the standard suite v{SUITE_VERSION} (APGD-CE, APGD-T, FAB-T, "
+            "Square; APGD-CE and APGD-DLR with EOT for random models) for local rows, AutoAttack "
+            "for reference rows; rows marked 'suite v...' or 'reduced' ran another suite and are "
+            "not comparable; accuracies in %; reported: the paper's own number."
         )
 
     def to_markdown(self) -> str:
@@ -258,6 +261,13 @@ class Leaderboard:
         if path is not None:
             atomic_write_text(path, page)
         return page
+
+
+def _source(card: ModelCard) -> str:
+    """The source cell; a local card of another (or a reduced) suite version says which."""
+    if card.is_reference or card.suite_version in (None, SUITE_VERSION):
+        return card.source
+    return f"{card.source} (suite v{card.suite_version})"
 
 
 def summary(card: ModelCard) -> str:

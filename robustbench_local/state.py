@@ -65,6 +65,8 @@ class BatchResult:
         robust: ``label -> bool [K, n]``: robust under that run at each eps.
         cost: ``label -> {"wall_time", "n_forward", "n_backward"}`` spent on this batch.
         extra: Further per-sample tensors (last dimension ``n``) a run wants kept.
+        counts: ``eps -> name -> samples`` counts of the batch (the reference's members that
+            broke samples), summed over batches by :func:`add_counts`.
         resumed: True when loaded from a state rather than attacked by this call (not saved).
     """
 
@@ -74,6 +76,7 @@ class BatchResult:
     robust: dict[str, Tensor]
     cost: dict[str, dict[str, float]]
     extra: dict[str, Tensor] = field(default_factory=dict)
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
     resumed: bool = False
 
     def to_record(self) -> dict[str, Any]:
@@ -86,6 +89,7 @@ class BatchResult:
             "robust": {k: v.cpu() for k, v in self.robust.items()},
             "cost": {k: {c: float(v.get(c, 0)) for c in COST_KEYS} for k, v in self.cost.items()},
             "extra": {k: v.cpu() for k, v in self.extra.items()},
+            "counts": {k: {m: int(n) for m, n in v.items()} for k, v in self.counts.items()},
         }
 
     @classmethod
@@ -98,6 +102,7 @@ class BatchResult:
             robust={k: v.to(torch.bool) for k, v in rec["robust"].items()},
             cost={k: dict(v) for k, v in rec["cost"].items()},
             extra=dict(rec.get("extra", {})),
+            counts={k: dict(v) for k, v in rec.get("counts", {}).items()},
             resumed=True,
         )
 
@@ -412,6 +417,17 @@ def cost_of(results: Iterable[BatchResult], labels: Sequence[str]) -> dict[str, 
     return out
 
 
+def add_counts(parts: Iterable[Mapping[str, Mapping[str, int]]]) -> dict[str, dict[str, int]]:
+    """Sum ``key -> name -> count`` mappings (e.g. the batches' :attr:`BatchResult.counts`)."""
+    out: dict[str, dict[str, int]] = {}
+    for part in parts:
+        for key, members in part.items():
+            into = out.setdefault(key, {})
+            for name, n in members.items():
+                into[name] = into.get(name, 0) + int(n)
+    return out
+
+
 def resume_flag(results: Sequence[BatchResult], state: EvalState) -> Flag:
     """An info flag: how much of the curve came from the state (the cost excludes it)."""
     loaded = sum(r.hi - r.lo for r in results if r.resumed)
@@ -434,6 +450,7 @@ __all__ = [
     "EvalState",
     "PlannedBatch",
     "StateMismatchError",
+    "add_counts",
     "cost_of",
     "describe_mismatch",
     "fingerprint",

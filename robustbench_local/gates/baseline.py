@@ -47,6 +47,8 @@ def baseline_entry(result: GateResult) -> dict[str, Any]:
         "eps": list(result.spec.eps),
         "accuracy": [r.accuracy for r in result.rows],
         "robust": [bits(o) for o in result.outcomes],
+        "attack_robust": [bits(o) for o in result.attack_outcomes],
+        "reference": result.reference,
         "clean_correct": bits(result.clean_correct),
         "recorded": utc_now(),
     }
@@ -89,11 +91,26 @@ def load_baseline(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise BaselineError(
             f"{path} is not a robustness baseline file (format {BASELINE_FORMAT!r})"
         )
-    if doc.get("version") != FORMAT_VERSION:
+    version = doc.get("version")
+    if version != FORMAT_VERSION:
+        why = _VERSION_CHANGES.get(FORMAT_VERSION, "")
+        older = isinstance(version, int) and version < FORMAT_VERSION
         raise BaselineError(
-            f"{path} has baseline format version {doc.get('version')}; expected {FORMAT_VERSION}"
+            f"{path} has baseline format version {version}; this version of the gates reads "
+            f"version {FORMAT_VERSION}"
+            + (f" ({why})" if older and why else "")
+            + ". Its outcomes cannot be compared with this run's: re-record the baseline with "
+            "--robustness-save-baseline."
         )
     return doc
+
+
+_VERSION_CHANGES = {
+    2: "since version 2 a gate's verdict is the worst case of its attack and the reference "
+    "suite (APGD-CE, APGD-T, FAB-T, Square), so a baseline recorded before measured a weaker "
+    "attack",
+}
+"""Why the baseline format changed, by the version that changed it."""
 
 
 def read_json(path: Path) -> dict[str, Any]:

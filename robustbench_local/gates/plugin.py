@@ -11,7 +11,12 @@ Marker arguments (all keyword): ``attack``, ``eps`` (float or list), ``min_accur
 threshold or one per eps, in [0, 1]; None = compare only), ``n_examples``, ``dataset``,
 ``split``, ``norm``, ``attack_kwargs``, ``confidence``, ``method`` (wilson|clopper-pearson),
 ``margin``, ``inconclusive`` (fail|warn|pass), ``allow_masking``, ``allow_nondeterminism``,
-``seed``. Unknown arguments are an error at setup.
+``seed``, ``reference`` (auto|all|false, or reduced settings such as
+``{"n_target_classes": 3, "square_queries": 500}``). Unknown arguments are an error at setup.
+
+A gate's verdict is the worst case of its attack and the reference suite (APGD-CE, APGD-T,
+FAB-T, Square on the attack's survivors; by default at the gate's largest eps); the table shows
+the attack's own accuracy beside it.
 
 Without Python, a YAML file whose name matches ``*robustness_gates*.yaml`` (ini option
 ``robustness_gate_files``) is collected as one test item per gate::

@@ -1,6 +1,7 @@
 """Reports of a session's gates: the terminal table, failure messages, JSON and MLflow.
 
-The table lists gate, attack, eps, n, accuracy, interval, threshold and verdict (plus the
+The table lists gate, attack, eps, n, the attack's own accuracy, the verdict's accuracy (the
+worst case of the attack and the reference suite), interval, threshold and verdict (plus the
 baseline accuracy, the change and the p-value of the drop when compared); the JSON report holds
 every result with its per-sample outcomes; :func:`log_to_mlflow` puts both in one MLflow run.
 """
@@ -28,9 +29,11 @@ from robustbench_local.records import metric_key, versions
 
 REPORT_FORMAT = "robustbench_local.gates/report"
 _VERDICT_TEXT = {PASS: "PASS", FAIL: "FAIL", INCONCLUSIVE: "INCONCLUSIVE", NO_THRESHOLD: "-"}
-_HEADERS = ["gate", "attack", "eps", "n", "accuracy", "interval", "threshold", "verdict"]
+_HEADERS = [
+    "gate", "attack", "eps", "n", "attack only", "accuracy", "interval", "threshold", "verdict",
+]  # fmt: skip
 _BASELINE_HEADERS = ["baseline", "change", "p(drop)"]
-_NUMERIC = {"eps", "n", "accuracy", "baseline", "change", "p(drop)"}
+_NUMERIC = {"eps", "n", "attack only", "accuracy", "baseline", "change", "p(drop)"}
 
 
 def _row_verdict(result: GateResult, row: GateRow) -> str:
@@ -54,7 +57,8 @@ def _table_cells(result: GateResult, row: GateRow, compare: bool) -> list[str]:
         result.spec.attack + (f" ({result.spec.norm})" if result.spec.norm else ""),
         f"{row.eps:g}",
         str(row.n),
-        _fmt(row.accuracy),
+        _fmt(row.attack_accuracy),
+        _fmt(row.accuracy) + ("*" if row.reference_ran else ""),
         f"[{row.lower:.3f}, {row.upper:.3f}]",
         "-" if row.threshold is None else f">= {row.threshold:g}",
         _row_verdict(result, row),
@@ -95,7 +99,11 @@ def render_table(results: Sequence[GateResult]) -> str:
 def _table_footer(results: Sequence[GateResult], compare: bool) -> list[str]:
     kinds = sorted({(r.spec.confidence, r.spec.method) for r in results})
     desc = ", ".join(f"{c:.0%} {m}" for c, m in kinds)
-    out = [f"interval: one-sided {desc} bounds. PASS: lower >= threshold; FAIL: upper < threshold."]
+    out = [
+        "accuracy: worst case of the attack and the reference suite (* where the reference "
+        "ran), the number the verdict uses; attack only: the gate's attack alone.",
+        f"interval: one-sided {desc} bounds. PASS: lower >= threshold; FAIL: upper < threshold.",
+    ]
     if compare:
         out.append(
             "p(drop): exact McNemar test of a drop larger than the margin, Holm-adjusted across "
@@ -104,7 +112,20 @@ def _table_footer(results: Sequence[GateResult], compare: bool) -> list[str]:
     for r in results:
         out += [f"{r.spec.name}: REFUSED: {text}" for text in r.refusals]
         out += [f"{r.spec.name}: note: {text}" for text in r.notes]
+        ref = _reference_note(r)
+        if ref:
+            out.append(f"{r.spec.name}: reference: {ref}")
     return out
+
+
+def _reference_note(result: GateResult) -> str:
+    """``not run`` or ``reduced`` when the gate's reference is not the full suite."""
+    ref = result.reference or {}
+    if ref.get("mode") == "off":
+        return "not run (reference: false): the verdict uses the attack alone"
+    if ref.get("reduced"):
+        return "reduced settings " + str(result.spec.reference)
+    return ""
 
 
 def failure_message(result: GateResult, policy: str | None = None) -> str:
@@ -151,9 +172,16 @@ def _row_metrics(key: str, row: GateRow) -> dict[str, float]:
         f"{key}/lower": row.lower,
         f"{key}/upper": row.upper,
     }
+    if row.attack_accuracy is not None:
+        metrics[f"{key}/attack_accuracy"] = row.attack_accuracy
     if row.p_value is not None:
         metrics[f"{key}/p_drop"] = row.p_adjusted if row.p_adjusted is not None else row.p_value
     return metrics
+
+
+def _reference_tag(result: GateResult) -> str:
+    ref = result.reference or {}
+    return "reduced" if ref.get("reduced") else str(ref.get("mode", "off"))
 
 
 def log_to_mlflow(
@@ -165,9 +193,10 @@ def log_to_mlflow(
 ) -> str:
     """Log gate results to one MLflow run; return its run id.
 
-    Per gate, metrics ``<gate>/accuracy``, ``/lower``, ``/upper`` (and ``/p_drop`` when
-    compared) with ``step`` = eps index, a ``<gate>/verdict`` tag; the table and the JSON
-    report are artifacts.
+    Per gate, metrics ``<gate>/accuracy`` (with the reference), ``/attack_accuracy`` (the
+    attack alone), ``/lower``, ``/upper`` (and ``/p_drop`` when compared) with ``step`` = eps
+    index, ``<gate>/verdict`` and ``<gate>/reference`` tags (``auto``, ``all``, ``off`` or
+    ``reduced``); the table and the JSON report are artifacts.
     """
     import mlflow
 
@@ -180,6 +209,7 @@ def log_to_mlflow(
             for step, row in enumerate(r.rows):
                 mlflow.log_metrics(_row_metrics(key, row), step=step)
             mlflow.set_tag(f"{key}/verdict", r.verdict)
+            mlflow.set_tag(f"{key}/reference", _reference_tag(r))
         counts = report_dict(results)["summary"]
         mlflow.set_tags(
             {"robustness.gates": len(results), **{f"robustness.{k}": v for k, v in counts.items()}}

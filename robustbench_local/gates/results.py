@@ -18,8 +18,8 @@ from robustbench_local.gates.spec import GateSpec
 from robustbench_local.gates.stats import accuracy_bounds
 
 PASS, FAIL, INCONCLUSIVE, REFUSED, NO_THRESHOLD = "pass", "fail", "inconclusive", "refused", "n/a"
-FORMAT_VERSION = 1
-"""Version of the baseline and report file formats."""
+FORMAT_VERSION = 2
+"""Version of the baseline and report file formats (2: verdicts include the reference suite)."""
 
 
 def threshold_verdict(lower: float, upper: float, threshold: float | None) -> str:
@@ -50,11 +50,18 @@ class GateRow:
     p_value: float | None = None
     p_adjusted: float | None = None
     regression: str | None = None  # None (no baseline), "ok", "pending" or "regressed"
+    attack_robust: int | None = None
+    reference_ran: bool = False
 
     @property
     def accuracy(self) -> float:
-        """Robust accuracy ``robust / n``."""
+        """Robust accuracy ``robust / n``: the worst case of the attack and the reference."""
         return self.robust / self.n
+
+    @property
+    def attack_accuracy(self) -> float | None:
+        """Robust accuracy under the gate's attack alone (its derived runs included)."""
+        return None if self.attack_robust is None else self.attack_robust / self.n
 
     @property
     def baseline_accuracy(self) -> float | None:
@@ -62,8 +69,12 @@ class GateRow:
         return None if self.baseline_robust is None else self.baseline_robust / self.n
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able fields, with the accuracy."""
-        return {**dataclasses.asdict(self), "accuracy": self.accuracy}
+        """JSON-able fields, with the accuracy and the attack's own accuracy."""
+        return {
+            **dataclasses.asdict(self),
+            "accuracy": self.accuracy,
+            "attack_accuracy": self.attack_accuracy,
+        }
 
 
 @dataclass
@@ -74,13 +85,16 @@ class GateResult:
         gate_id: Stable key (the pytest node id), used in baselines and reports.
         spec: The gate's settings.
         rows: One :class:`GateRow` per eps.
-        outcomes: ``[K][N]`` per-sample robustness (True = still correctly classified).
+        outcomes: ``[K][N]`` per-sample robustness under the attack and the reference (True =
+            still correctly classified): what the verdict and the baseline use.
         clean_correct: ``[N]`` clean correctness.
         indices: The dataset indices evaluated (sorted).
         sample_hash: sha256 of the dataset name, split and indices.
         model_digest: sha256 of the model's weights.
         attack_config: The attack's settings and the eps grid (what a baseline must match).
         health: Health-check flags as dicts.
+        attack_outcomes: ``[K][N]`` per-sample robustness under the attack alone.
+        reference: What the reference did (mode, reduced, eps where it ran, what it broke).
         refusals: Why the gate refuses to pass (gradient masking, non-determinism).
         notes: Further remarks (other health warnings, baseline notes).
         wall_time: Seconds spent evaluating.
@@ -96,6 +110,8 @@ class GateResult:
     model_digest: str
     attack_config: dict[str, Any]
     health: list[dict[str, Any]] = field(default_factory=list)
+    attack_outcomes: list[list[bool]] = field(default_factory=list)
+    reference: dict[str, Any] = field(default_factory=dict)
     refusals: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     wall_time: float = 0.0
@@ -130,6 +146,7 @@ class GateResult:
             "sample_hash": self.sample_hash,
             "model_digest": self.model_digest,
             "attack_config": self.attack_config,
+            "reference": self.reference,
             "health": self.health,
             "refusals": self.refusals,
             "notes": self.notes,
@@ -138,18 +155,37 @@ class GateResult:
         if outcomes:
             d["indices"] = self.indices
             d["robust"] = [bits(o) for o in self.outcomes]
+            d["attack_robust"] = [bits(o) for o in self.attack_outcomes]
             d["clean_correct"] = bits(self.clean_correct)
         return d
 
 
-def make_rows(spec: GateSpec, outcomes: Sequence[Sequence[bool]]) -> list[GateRow]:
-    """Turn ``[K][N]`` outcomes into one :class:`GateRow` per eps of ``spec``."""
+def make_rows(
+    spec: GateSpec,
+    outcomes: Sequence[Sequence[bool]],
+    attack_outcomes: Sequence[Sequence[bool]] | None = None,
+    reference_ran: Sequence[bool] | None = None,
+) -> list[GateRow]:
+    """Turn ``[K][N]`` outcomes into one :class:`GateRow` per eps of ``spec``.
+
+    ``outcomes`` decide the verdict (the worst case with the reference); ``attack_outcomes``
+    (the attack alone) and ``reference_ran`` (per eps) are shown beside it.
+    """
     rows = []
-    for eps, threshold, robust in zip(spec.eps, spec.min_accuracy, outcomes, strict=True):
+    k_eps = len(spec.eps)
+    attack = list(attack_outcomes) if attack_outcomes is not None else [None] * k_eps
+    ran = list(reference_ran) if reference_ran is not None else [False] * k_eps
+    for i, (eps, threshold, robust) in enumerate(
+        zip(spec.eps, spec.min_accuracy, outcomes, strict=True)
+    ):
         n, k = len(robust), int(sum(bool(v) for v in robust))
         lower, upper = accuracy_bounds(k, n, spec.confidence, spec.method)
         verdict = threshold_verdict(lower, upper, threshold)
-        rows.append(GateRow(eps, n, k, lower, upper, threshold, verdict))
+        own = None if attack[i] is None else int(sum(bool(v) for v in attack[i]))
+        rows.append(
+            GateRow(eps, n, k, lower, upper, threshold, verdict, attack_robust=own,
+                    reference_ran=bool(ran[i]))
+        )  # fmt: skip
     return rows
 
 

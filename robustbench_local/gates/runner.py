@@ -2,8 +2,9 @@
 
 :func:`run_gate` draws the spec's fixed, hashed sample list, evaluates the model in fp32 eval
 mode under fixed seeds with the robustness curve (the reference suite and the health checks
-included), and turns the per-sample worst case into a :class:`GateResult`. A gate whose checks
-flag gradient masking or non-determinism gets a refusal unless its spec opts in.
+included), and turns the per-sample worst case of the attack *and the reference* into a
+:class:`GateResult` (the attack's own outcomes are kept beside it). A gate whose checks flag
+gradient masking or non-determinism gets a refusal unless its spec opts in.
 """
 
 from __future__ import annotations
@@ -137,6 +138,20 @@ def gate_model(
             model.to(home)
 
 
+def build_reference(spec: GateSpec, attack: Attack) -> Any:
+    """The ``reference`` argument of the gate's curve (a reduced suite for a mapping).
+
+    Raises:
+        GateConfigError: Reduced settings the suite does not accept.
+    """
+    from robustbench_local.reference import reference_from_config
+
+    try:
+        return reference_from_config(spec.reference, attack.norm.value, spec.seed, attack.bounds)
+    except (TypeError, ValueError) as err:
+        raise GateConfigError(f"cannot build reference {spec.reference!r}: {err}") from err
+
+
 def run_gate(
     spec: GateSpec,
     model: nn.Module,
@@ -168,46 +183,94 @@ def run_gate(
     split = data if data is not None else load_split(spec.dataset, spec.split, data_dir)
     x, y, indices = select_samples(spec, split)
     attack = build_attack(spec)
+    reference = build_reference(spec, attack)
     with gate_model(model, device) as (net, dev), deterministic(spec.seed):
         curve = robustness_curve(
             net, (x.to(dev), y.to(dev)), [attack], list(spec.eps),
-            seed=spec.seed, device=dev, checks=True, progress=False,
+            seed=spec.seed, device=dev, checks=True, progress=False, reference=reference,
         )  # fmt: skip
         digest = weights_digest(net)
-    outcomes = _curve_outcomes(curve, spec)
+    rows_at = _eps_rows(curve, spec)
+    outcomes = _outcomes(curve.worst_case_robust(), rows_at)
+    attack_outcomes = _outcomes(curve.chosen_worst_case_robust(), rows_at)
+    ran = curve.ran(curve.reference_label) if curve.reference_label else None
     result = GateResult(
         gate_id=gate_id or spec.name,
         spec=spec,
-        rows=make_rows(spec, outcomes),
+        rows=make_rows(
+            spec,
+            outcomes,
+            attack_outcomes,
+            [bool(ran[k]) for k in rows_at] if ran is not None else None,
+        ),
         outcomes=outcomes,
+        attack_outcomes=attack_outcomes,
         clean_correct=[bool(v) for v in curve.clean_correct.tolist()],
         indices=indices,
         sample_hash=sample_list_hash(spec.dataset, spec.split, indices),
         model_digest=digest,
-        attack_config=attack_config(attack, spec),
+        attack_config=attack_config(attack, spec, curve),
+        reference=_reference_summary(curve),
         wall_time=time.perf_counter() - start,
     )
     apply_health(result, curve.health)
     return result
 
 
-def attack_config(attack: Attack, spec: GateSpec) -> dict[str, Any]:
-    """What a baseline must match: the attack's settings, the eps grid and the evaluation mode."""
-    cfg = {"attack": attack.config(), "eps": list(spec.eps), "fp32": True, "adaptive": "auto"}
+def attack_config(attack: Attack, spec: GateSpec, curve: Curve | None = None) -> dict[str, Any]:
+    """What a baseline must match: the attack, the reference, the eps grid and the mode."""
+    cfg: dict[str, Any] = {
+        "attack": attack.config(),
+        "eps": list(spec.eps),
+        "fp32": True,
+        "adaptive": "auto",
+        "reference": _reference_config(spec, curve),
+    }
     return json.loads(json.dumps(cfg, default=str))
 
 
-def _curve_outcomes(curve: Curve, spec: GateSpec) -> list[list[bool]]:
-    """Headline (worst-case, adaptive where needed) per-sample outcomes, one list per spec eps."""
-    robust = curve.worst_case_robust()
+def _reference_config(spec: GateSpec, curve: Curve | None) -> dict[str, Any]:
+    """The reference's part of the attack config: its mode, where it ran and its settings."""
+    from robustbench_local.reference import SUITE_VERSION
+
+    ref = None if curve is None else curve.reference
+    out: dict[str, Any] = {"setting": spec.reference, "suite_version": SUITE_VERSION}
+    if ref is not None:
+        out |= {"mode": ref.mode, "reduced": ref.reduced, "ran": ref.ran, "config": ref.config}
+    return out
+
+
+def _reference_summary(curve: Curve) -> dict[str, Any]:
+    """What the report says about the reference: mode, reduced, where it ran, what it broke."""
+    ref = curve.reference
+    if ref is None or ref.mode == "off":
+        return {"mode": "off"}
+    eps = [float(e) for e, r in zip(curve.eps.tolist(), ref.ran, strict=True) if r]
+    return {
+        "mode": ref.mode,
+        "reduced": ref.reduced,
+        "shared": ref.shared,
+        "eps": eps,
+        "model": ref.model,
+        "broken_by": ref.broken_by,
+    }
+
+
+def _eps_rows(curve: Curve, spec: GateSpec) -> list[int]:
+    """The curve's row index of every spec eps."""
     curve_eps = [float(e) for e in curve.eps.tolist()]
     out = []
     for e in spec.eps:
         k = min(range(len(curve_eps)), key=lambda i: abs(curve_eps[i] - e))
         if not math.isclose(curve_eps[k], e, rel_tol=1e-6, abs_tol=1e-9):
             raise RuntimeError(f"the robustness curve has no row for eps={e} (has {curve_eps})")
-        out.append([bool(v) for v in robust[k].tolist()])
+        out.append(k)
     return out
+
+
+def _outcomes(robust: Tensor, rows: Sequence[int]) -> list[list[bool]]:
+    """Per-sample outcomes ``[len(rows)][N]`` of a ``bool [K, N]`` matrix."""
+    return [[bool(v) for v in robust[k].tolist()] for k in rows]
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,6 +312,7 @@ __all__ = [
     "apply_health",
     "attack_config",
     "build_attack",
+    "build_reference",
     "deterministic",
     "gate_model",
     "load_split",

@@ -50,6 +50,11 @@ class GateSpec:
         allow_masking: Let the gate pass although gradient masking is flagged.
         allow_nondeterminism: Let the gate pass although non-determinism is flagged.
         seed: Seed of the sample list, the attack and torch.
+        reference: The reference suite, whose worst case with the attack is the verdict's
+            number: ``"auto"`` (default: at the largest eps), ``"all"`` (every eps),
+            ``False`` (none; the report says so) or a mapping of reduced settings such as
+            ``{"n_target_classes": 3, "square_queries": 500}`` (at the largest eps, labelled
+            reduced).
     """
 
     name: str
@@ -68,6 +73,7 @@ class GateSpec:
     allow_masking: bool = False
     allow_nondeterminism: bool = False
     seed: int = 0
+    reference: str | bool | Mapping[str, int] = "auto"
 
     @classmethod
     def fields(cls) -> list[str]:
@@ -107,6 +113,8 @@ class GateSpec:
         d = dataclasses.asdict(self)
         d["eps"], d["min_accuracy"] = list(self.eps), list(self.min_accuracy)
         d["attack_kwargs"] = dict(self.attack_kwargs)
+        if isinstance(self.reference, Mapping):
+            d["reference"] = dict(self.reference)
         return d
 
 
@@ -230,6 +238,32 @@ def _check_attack_kwargs(value: Any, key: str) -> dict[str, Any]:
     return dict(value)
 
 
+REFERENCE_SETTINGS = ("steps", "n_target_classes", "square_queries", "eot_samples")
+"""Keys of a reduced ``reference:`` mapping (the budgets of ``standard_suite``)."""
+
+
+def _check_reference(value: Any, key: str) -> str | bool | dict[str, int]:
+    if value is True or value is None:
+        return "auto"
+    if value is False:
+        return False
+    if isinstance(value, str) and value.lower() in ("auto", "all", "false", "off"):
+        v = value.lower()
+        return False if v in ("false", "off") else v
+    if isinstance(value, Mapping):
+        unknown = sorted(set(map(str, value)) - set(REFERENCE_SETTINGS))
+        if unknown:
+            raise GateConfigError(
+                f"unknown {key} settings {unknown}; a reduced reference takes "
+                f"{', '.join(REFERENCE_SETTINGS)}"
+            )
+        return {str(k): _check_int(1)(v, f"{key}.{k}") for k, v in value.items()}
+    raise GateConfigError(
+        f"{key} must be auto, all, false or a mapping of reduced settings such as "
+        f"{{n_target_classes: 3, square_queries: 500}}; got {value!r}"
+    )
+
+
 _VALIDATORS: dict[str, Validator] = {
     "attack": _check_str(None),
     "n_examples": _check_int(1),
@@ -244,7 +278,15 @@ _VALIDATORS: dict[str, Validator] = {
     "allow_masking": _check_bool,
     "allow_nondeterminism": _check_bool,
     "seed": _check_int(0),
+    "reference": _check_reference,
 }
 
 
-__all__ = ["NORMS", "POLICIES", "RESERVED_ATTACK_KWARGS", "SPLITS", "GateSpec"]
+__all__ = [
+    "NORMS",
+    "POLICIES",
+    "REFERENCE_SETTINGS",
+    "RESERVED_ATTACK_KWARGS",
+    "SPLITS",
+    "GateSpec",
+]

@@ -31,7 +31,9 @@ def test_default_experiment_logs_curves_to_mlflow(make_cfg, sqlite_uri, tmp_path
     res = run(cfg)
     assert set(res.curves) == {"linf", "l2"}
     linf = res.curves["linf"]
-    assert linf.attacks == ["fgsm", "pgd"] and res.curves["l2"].attacks == ["cw_l2"]
+    # the chosen attacks' rows, then the reference suite's (on by default)
+    assert linf.attacks == ["fgsm", "pgd", "reference"]
+    assert res.curves["l2"].attacks == ["cw_l2", "reference"]
     assert res.headline == pytest.approx(headline_from_curve(res, cfg))
     assert optimized_value(res, cfg.optimized_metric) == res.headline
     assert optimized_value(res, "clean_acc") == pytest.approx(res.clean_accuracy)
@@ -65,7 +67,7 @@ def test_input_defense_reports_naive_and_adaptive_curves(make_cfg, sqlite_uri, t
     cfg = make_cfg(tiny(["defense=bit_depth", "attack=pgd", f"+output_dir={tmp_path}"], ["pgd"]))
     res = run(cfg)
     labels = res.curves["linf"].attacks
-    assert labels == ["pgd", "pgd+adaptive"]
+    assert labels == ["pgd", "pgd+adaptive", "reference"]
     adaptive = res.curves["linf"].accuracy("pgd+adaptive")
     assert (adaptive <= res.curves["linf"].accuracy("pgd") + 1e-9).all()
     client = MlflowClient(sqlite_uri)

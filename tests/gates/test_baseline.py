@@ -89,3 +89,28 @@ def test_save_baseline_keeps_other_gates(make_result, tmp_path):
     gates.save_baseline(path, [make_result([[True] * 10], gate_id="a.py::one")])
     gates.save_baseline(path, [make_result([[False] * 10], gate_id="a.py::two")])
     assert sorted(gates.load_baseline(path)["gates"]) == ["a.py::one", "a.py::two"]
+
+
+def test_baselines_recorded_before_the_reference_are_refused_with_the_reason(make_result, tmp_path):
+    path = tmp_path / "old.json"
+    gates.save_baseline(path, [make_result([[True] * 10])])
+    doc = json.loads(path.read_text())
+    assert doc["version"] == gates.FORMAT_VERSION == 2
+    doc["version"] = 1
+    path.write_text(json.dumps(doc))
+    with pytest.raises(
+        BaselineError,
+        match=r"format version 1; this version of the gates reads version 2 \(since version 2 "
+        r"a gate's verdict is the worst case of its attack and the reference suite.*"
+        r"re-record the baseline with --robustness-save-baseline",
+    ):
+        gates.load_baseline(path)
+
+
+def test_baseline_with_another_reference_is_refused(make_result):
+    entry = gates.baseline_entry(make_result([[True] * 10]))
+    entry["attack_config"]["reference"] = {"setting": "auto"}
+    now = make_result([[True] * 10])
+    now.attack_config["reference"] = {"setting": {"n_target_classes": 3}}
+    with pytest.raises(BaselineError, match=r"another attack config \(reference.setting: 'auto'"):
+        gates.compare_to_baseline(now, entry)

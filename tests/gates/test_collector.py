@@ -22,6 +22,7 @@ defaults:
   n_examples: 200
   attack: pgd
   attack_kwargs: {steps: 10}
+  reference: {steps: 10, n_target_classes: 2, square_queries: 50}
 gates:
   - name: relative_checkpoint
     model: models/good.pt
@@ -64,6 +65,8 @@ gates:
         gates_by_name["relative_checkpoint"]["model_digest"]
         == gates_by_name["hydra_target"]["model_digest"]
     )
+    reference = gates_by_name["relative_checkpoint"]["reference"]
+    assert reference["reduced"] and reference["eps"] == [0.02]  # the largest eps of the gate
 
 
 @pytest.mark.parametrize(

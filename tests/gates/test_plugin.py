@@ -12,13 +12,16 @@ from robustbench_local.gates import GateSpec, run_gate, sample_list_hash, wilson
 
 pytest_plugins = ["pytester"]
 
-# A small, fast gate on scikit-learn digits: PGD-10 on 200 test samples of an MLP.
+# A small, fast gate on scikit-learn digits: PGD-10 on 200 test samples of an MLP, with a
+# reduced reference suite (the full one runs in the repository's own gates).
+QUICK_REFERENCE = {"steps": 10, "n_target_classes": 2, "square_queries": 50, "eot_samples": 2}
 GATE = {
     "attack": "pgd",
     "eps": [0.02, 0.05],
     "n_examples": 200,
     "dataset": "digits",
     "attack_kwargs": {"steps": 10},
+    "reference": QUICK_REFERENCE,
 }
 
 INNER_CONFTEST = """
@@ -190,6 +193,40 @@ def test_gate_refuses_to_pass_when_gradient_masking_is_flagged(pytester, plugin_
             "test_masked_opt_in: note: gradient masking flagged but accepted (allow_masking=True)*",
         ]
     )
+
+
+def test_gate_verdict_uses_the_worst_case_with_the_reference(digits_checkpoints):
+    from robustbench_local.gates import render_table
+    from robustbench_local.models import load_checkpoint
+
+    model = load_checkpoint(digits_checkpoints["good"])
+    weak = {**GATE, "attack": "fgsm", "attack_kwargs": {"rel_step_size": 0.2}, "eps": [0.1]}
+    probe = run_gate(GateSpec.from_kwargs("weak", {**weak, "reference": False}), model)
+    alone = probe.rows[0]
+    assert alone.attack_accuracy == alone.accuracy and not alone.reference_ran
+    threshold = round(alone.lower - 0.01, 3)
+    passing = run_gate(
+        GateSpec.from_kwargs("weak", {**weak, "reference": False, "min_accuracy": threshold}), model
+    )
+    assert passing.verdict == "pass"  # the weak attack alone clears the threshold
+    assert "not run (reference: false)" in render_table([passing])
+    checked = run_gate(GateSpec.from_kwargs("weak", {**weak, "min_accuracy": threshold}), model)
+    row = checked.rows[0]
+    assert row.reference_ran and row.attack_robust == alone.robust
+    assert row.robust < row.attack_robust and row.upper < threshold
+    assert checked.verdict == "fail"  # the reference breaks what the weak attack misses
+    assert checked.attack_outcomes == probe.outcomes
+    pairs = zip(row_bits(checked.attack_outcomes), row_bits(checked.outcomes), strict=True)
+    assert all(a or not b for a, b in pairs)  # the reference only adds broken samples
+    assert any("health warning weaker_than_reference" in n for n in checked.notes)
+    cells = render_table([checked]).splitlines()[2].split()
+    assert cells[4:6] == [f"{row.attack_accuracy:.3f}", f"{row.accuracy:.3f}*"]
+    assert checked.attack_config["reference"]["setting"] == QUICK_REFERENCE
+    assert checked.reference["reduced"] and checked.reference["eps"] == [0.1]
+
+
+def row_bits(outcomes):
+    return [v for o in outcomes for v in o]
 
 
 # ------------------------------------------------------------------------------ baselines

@@ -13,7 +13,10 @@ def test_table_lists_every_column_and_row(make_result):
     )
     table = gates.render_table([res])
     header = table.splitlines()[0].split()
-    assert header == ["gate", "attack", "eps", "n", "accuracy", "interval", "threshold", "verdict"]
+    assert header == [
+        "gate", "attack", "eps", "n", "attack", "only", "accuracy", "interval", "threshold",
+        "verdict",
+    ]  # fmt: skip
     rows = table.splitlines()[2:4]
     assert "0.900" in rows[0]
     assert ">= 0.8" in rows[0]
@@ -51,3 +54,21 @@ def test_report_file_is_json_with_per_sample_outcomes(make_result, tmp_path):
     assert gate["rows"][0]["accuracy"] == 0.75
     assert gate["spec"]["min_accuracy"] == [0.5]
     assert gate["verdict"] == "inconclusive"
+
+
+def test_table_shows_the_attack_alone_beside_the_worst_case_with_the_reference(make_result):
+    from robustbench_local import gates as g
+
+    res = make_result([[True] * 40 + [False] * 60])
+    res.rows = g.make_rows(res.spec, res.outcomes, [[True] * 70 + [False] * 30], [True])
+    res.reference = {"mode": "explicit", "reduced": True}
+    table = gates.render_table([res])
+    row = table.splitlines()[2].split()
+    assert row[4:6] == ["0.700", "0.400*"]
+    assert "worst case of the attack and the reference suite (* where the reference ran)" in table
+    assert "test_gate: reference: reduced settings" in table
+    d = res.to_dict()
+    assert d["rows"][0]["attack_accuracy"] == 0.7 and d["rows"][0]["accuracy"] == 0.4
+    assert d["rows"][0]["reference_ran"] is True and d["reference"]["reduced"]
+    res.reference = {"mode": "off"}
+    assert "reference: not run (reference: false)" in gates.render_table([res])

@@ -59,8 +59,33 @@ def test_spec_overrides_ignore_none_and_revalidate():
         ({"eps": 0.1, "attack_kwargs": {"eval_mode": False}}, "eval mode"),
         ({"eps": 0.1, "attack_kwargs": [1, 2]}, "mapping"),
         ({"eps": 0.1, "method": "bayes"}, "method must be one of"),
+        ({"eps": 0.1, "reference": "sometimes"}, "reference must be auto, all, false or a"),
+        ({"eps": 0.1, "reference": {"queries": 10}}, r"unknown reference settings \['queries'\]"),
+        ({"eps": 0.1, "reference": {"steps": 0}}, r"reference.steps must be >= 1"),
     ],
 )
 def test_spec_rejects_bad_settings_with_clear_messages(kwargs, message):
     with pytest.raises(GateConfigError, match=message):
         GateSpec.from_kwargs("g", kwargs)
+
+
+def test_reference_setting_is_normalised():
+    def ref(value):
+        return GateSpec.from_kwargs("g", {"eps": 0.1, "reference": value}).reference
+
+    assert GateSpec.from_kwargs("g", {"eps": 0.1}).reference == "auto"
+    assert (ref("ALL"), ref(True), ref(False), ref("false"), ref("off")) == (
+        "all", "auto", False, False, False,
+    )  # fmt: skip
+    assert ref({"n_target_classes": 3, "square_queries": 500}) == {
+        "n_target_classes": 3, "square_queries": 500,
+    }  # fmt: skip
+    spec = GateSpec.from_kwargs("g", {"eps": 0.1, "reference": {"steps": 5}})
+    assert spec.to_dict()["reference"] == {"steps": 5}
+
+
+def test_reduced_settings_are_the_suites_budgets():
+    from robustbench_local.gates.spec import REFERENCE_SETTINGS
+    from robustbench_local.reference import DEFAULT_BUDGETS
+
+    assert set(REFERENCE_SETTINGS) == set(DEFAULT_BUDGETS)

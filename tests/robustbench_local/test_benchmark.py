@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import attacks
 import defenses
 import robustbench_local as rbl
 from robustbench_local import benchmark as benchmark_module
@@ -20,7 +21,10 @@ from robustbench_local.data import sample_indices
 
 REPO = Path(__file__).resolve().parents[2]
 
-FAST = {"dataset": "digits", "eps": 0.05, "n_examples": 80, "steps": 10, "n_target_classes": 3}
+FAST = {
+    "dataset": "digits", "eps": 0.05, "n_examples": 80, "steps": 10, "n_target_classes": 3,
+    "square_queries": 100,
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +61,11 @@ def test_benchmark_card_fields(card, zoo_model):
     assert (card.ci_low, card.ci_high) == percent_interval(broken, 80)
     assert card.weights_digest == rbl.weights_digest(zoo_model)
     assert card.reported == 90.0 and card.source == BENCHMARKED and not card.adaptive
-    assert card.suite_version == "1-custom"  # 10 steps is not the standard suite
-    assert "non-standard" in card.notes
-    assert [a["name"] for a in card.suite["attacks"]] == ["apgd_ce", "apgd_dlr"]
+    assert card.suite_version == "2-reduced"  # 10 steps is not the standard suite
+    assert "reduced suite (steps=10, n_target_classes=3, square_queries=100" in card.notes
+    names = [a["name"] for a in card.suite["attacks"]]
+    assert names == [n for n in ("apgd_ce", "apgd_dlr", "fab_t", "square") if n in attacks.ATTACKS]
+    assert card.suite["version"] == "2" and card.suite["budgets"]["square_queries"] == 100
     assert {h["name"] for h in card.health} >= {"deterministic", "gradients_nonzero"}
     assert card.cost["n_backward"] > 0 and card.cost["n_examples"] == 80
     assert not card.failed_checks, card.failed_checks
@@ -69,12 +75,13 @@ def test_benchmark_card_fields(card, zoo_model):
 def test_standard_suite_and_bad_tracks(zoo_model):
     suite = standard_suite("l2", steps=7, n_target_classes=2, seed=3)
     members = suite.config()["attacks"]
-    assert [(m["name"], m["norm"], m["steps"], m["seed"]) for m in members] == [
+    assert [(m["name"], m["norm"], m["steps"], m["seed"]) for m in members[:2]] == [
         ("apgd_ce", "l2", 7, 3),
         ("apgd_dlr", "l2", 7, 3),
     ]
     assert members[1]["n_target_classes"] == 2
     assert benchmark_module.STANDARD_STEPS == 100 and benchmark_module.STANDARD_TARGETS == 9
+    assert benchmark_module.SUITE_VERSION == "2"
     with pytest.raises(ValueError, match="threat_model"):
         benchmark(zoo_model, threat_model="l3", **FAST)
     with pytest.raises(ValueError, match="eps must be > 0"):
@@ -83,11 +90,28 @@ def test_standard_suite_and_bad_tracks(zoo_model):
         benchmark(zoo_model, **(FAST | {"eps": "0.3"}))
 
 
+def test_benchmark_runs_the_suite_once_as_its_own_reference(zoo_model, monkeypatch):
+    seen = []
+    real = benchmark_module.robustness_curve
+
+    def spy(*args, **kwargs):
+        curve = real(*args, **kwargs)
+        seen.append(curve)
+        return curve
+
+    monkeypatch.setattr(benchmark_module, "robustness_curve", spy)
+    benchmark(zoo_model, **(FAST | {"n_examples": 30}), checks=False)
+    (curve,) = seen
+    assert curve.attacks == ["standard_suite"] and "reference" not in curve.cost
+    assert curve.reference.shared and curve.reference.label == "standard_suite"
+
+
 def test_suite_is_at_least_as_strong_as_pgd(card, zoo_model):
     _, test = rbl.load_dataset("digits")
     curve = rbl.robustness_curve(
-        zoo_model, test, ["pgd"], [0.05], n_examples=80, checks=False, progress=False
-    )
+        zoo_model, test, ["pgd"], [0.05], n_examples=80, checks=False, progress=False,
+        reference=False,
+    )  # fmt: skip
     assert card.robust_acc <= 100 * float(curve.accuracy("pgd")[0]) + 2.5
 
 
@@ -118,7 +142,8 @@ def test_cli_benchmark_then_leaderboard(zoo_model, tmp_path):
     out = tmp_path / "board"
     r = run_cli(
         "benchmark", "--checkpoint", str(ckpt), "--dataset", "digits", "--eps", "0.05",
-        "--n-examples", "40", "--steps", "5", "--name", "cli-mlp", "--out", str(out),
+        "--n-examples", "40", "--steps", "5", "--n-target-classes", "2",
+        "--square-queries", "50", "--name", "cli-mlp", "--out", str(out),
         cwd=tmp_path,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
@@ -133,4 +158,4 @@ def test_cli_benchmark_then_leaderboard(zoo_model, tmp_path):
     r = run_cli("leaderboard", "--dir", str(tmp_path / "missing"), cwd=tmp_path)
     assert r.returncode == 2 and "does not exist" in r.stderr
     card = json.loads(next(out.glob("*.json")).read_text())
-    assert card["n_examples"] == 40
+    assert card["n_examples"] == 40 and card["suite_version"] == "2-reduced"

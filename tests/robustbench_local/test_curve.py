@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from robustbench_local.curve import Curve
+from robustbench_local.curve import Curve, ReferenceRecord
 from robustbench_local.health import Flag
 
 
@@ -76,3 +76,76 @@ def test_plot_draws_naive_dashed_adaptive_solid_and_the_worst_case(curve, tmp_pa
     assert list(lines["worst case"].get_ydata()) == [0.75, 0.5, 0.0]
     assert fig.axes[0].get_title() == "t"
     assert (tmp_path / "curve.png").stat().st_size > 1000
+
+
+@pytest.fixture
+def with_reference(curve) -> Curve:
+    """The curve plus a reference row that ran at eps 0.1 only and broke sample 2 there."""
+    curve.attacks.append("reference")
+    curve.robust["reference"] = rows("1000", "0000")  # nested: broken at 0.1 stays broken
+    curve.reference = ReferenceRecord(
+        label="reference",
+        mode="explicit",
+        reduced=True,
+        ran=[True, False],
+        config={"name": "standard_suite"},
+        broken_by={"0.1": {"apgd_ce": 1}},
+    )
+    curve.why = {"pgd": "chosen", "pgd+adaptive": "declared", "reference": "the reference"}
+    return curve
+
+
+def test_reference_row_counts_in_the_worst_case_only_where_it_ran(with_reference):
+    c = with_reference
+    assert c.chosen_labels == ["pgd", "pgd+adaptive"]
+    assert c.chosen_worst_case().tolist() == [0.5, 0.0]
+    assert c.worst_case().tolist() == [0.25, 0.0]
+    acc = c.accuracy("reference")
+    assert acc[0].item() == 0.25 and torch.isnan(acc[1])
+    assert c.ran("reference").tolist() == [True, False] and c.ran("pgd").tolist() == [True, True]
+
+
+def test_table_shows_no_number_where_the_reference_did_not_run(with_reference):
+    lines = with_reference.table().splitlines()
+    assert lines[1].split() == [
+        "eps",
+        "pgd",
+        "pgd+adaptive",
+        "reference",
+        "(reduced)",
+        "worst_case",
+    ]
+    assert lines[2].split() == ["0.1", "75.00%", "75.00%", "25.00%", "25.00%"]
+    assert lines[3].split() == ["0.3", "50.00%", "25.00%", "-", "0.00%"]
+    assert "pgd+adaptive: declared" in lines
+    assert lines[-1] == (
+        "reference (reduced): worst case with a reduced reference at eps 0.1 (on as given)"
+    )
+
+
+def test_json_round_trip_keeps_the_reference(with_reference):
+    d = json.loads(json.dumps(with_reference.to_dict()))
+    assert d["accuracy"]["reference"] == [0.25, None]  # JSON has no NaN
+    back = Curve.from_dict(d)
+    assert back.reference == with_reference.reference and back.why == with_reference.why
+    assert torch.equal(back.worst_case(), with_reference.worst_case())
+    assert torch.equal(back.chosen_worst_case(), with_reference.chosen_worst_case())
+    assert back.table() == with_reference.table()
+
+
+def test_shared_and_opted_out_references(curve):
+    curve.reference = ReferenceRecord(label="pgd", mode="auto", ran=[True, True], shared=True)
+    assert curve.chosen_labels == curve.attacks and "not run twice" in curve.table()
+    curve.reference = ReferenceRecord(label=None, mode="off")
+    assert curve.chosen_labels == curve.attacks
+    assert curve.table().splitlines()[-1].startswith("reference: not run (reference=False)")
+    assert Curve.from_dict(curve.to_dict()).reference == curve.reference
+
+
+def test_plot_marks_the_reference_where_it_ran(with_reference):
+    fig = with_reference.plot()
+    lines = {ln.get_label(): ln for ln in fig.axes[0].get_lines()}
+    ref = lines["reference (reduced)"]
+    assert ref.get_linestyle() == "None" and ref.get_marker() == "x"
+    y = list(ref.get_ydata())
+    assert y[0] == 0.25 and y[1] != y[1]  # NaN: no marker at eps 0.3

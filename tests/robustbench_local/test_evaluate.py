@@ -24,6 +24,7 @@ def test_set(digits):
 def curve_of(model, data, names=("fgsm", "pgd"), **kw):
     kw.setdefault("checks", False)
     kw.setdefault("progress", False)
+    kw.setdefault("reference", False)  # these tests are about the chosen attacks
     return robustness_curve(model, data, list(names), EPS, **kw)
 
 
@@ -71,8 +72,9 @@ def test_minimum_norm_attack_is_thresholded(digits_model, test_set):
     cw = attacks.create("cw_l2", steps=30, binary_search_steps=3)
     grid = [0.25, 0.5, 1.0]
     c = robustness_curve(
-        digits_model, test_set, {"cw": cw}, grid, n_examples=50, checks=False, progress=False
-    )
+        digits_model, test_set, {"cw": cw}, grid, n_examples=50, checks=False, progress=False,
+        reference=False,
+    )  # fmt: skip
     x, y = test_set.tensors
     res = cw(digits_model, x[c.indices], y[c.indices])  # one run, minimal norms [N]
     for k, e in enumerate(grid):
@@ -94,8 +96,14 @@ def test_curve_records_configs_health_and_json(digits_model, test_set):
     c = robustness_curve(digits_model, test_set, ["fgsm"], EPS, n_examples=50, progress=False)
     assert c.attack_configs["fgsm"]["name"] == "fgsm" and c.norm == "linf"
     assert [f.name for f in c.health][:2] == ["inputs_in_bounds", "logits_not_probabilities"]
+    assert c.attacks == ["fgsm", "reference"]  # the defaults: reference="auto", full budgets
+    assert c.reference.ran == [False, False, False, True] and not c.reference.reduced
+    assert c.attack_configs["reference"]["budgets"] == {
+        "steps": 100, "n_target_classes": 9, "square_queries": 5000, "eot_samples": 20,
+    }  # fmt: skip
     c2 = Curve.from_dict(json.loads(json.dumps(c.to_dict())))
     assert torch.equal(c2.worst_case(), c.worst_case()) and c2.health == c.health
+    assert c2.reference == c.reference and c2.table() == c.table()
 
 
 def test_runs_add_adaptive_rows_only_where_asked(digits_model):
