@@ -166,7 +166,21 @@ def _run(cfg: DictConfig) -> Results:
             log.health(results.health)
             log.manifest(results.manifest)
             log.model(model, cfg.tracking.log_model)
+        hold(log, start, float(cfg.get("min_duration_s") or 0))
     return results
+
+
+def hold(log: tracking.RunLogger | None, start: float, min_duration_s: float) -> None:
+    """Keep the job (and its MLflow run) open until ``min_duration_s`` after ``start``.
+
+    For load tests of a tracking store (``min_duration_s`` in the config): the run writes a
+    ``heartbeat`` metric every second meanwhile (step = seconds since the start), so many such
+    jobs overlap in time and keep writing to the store.
+    """
+    while (elapsed := time.perf_counter() - start) < min_duration_s:
+        if log is not None:
+            log.metrics({"heartbeat": elapsed}, step=int(elapsed))
+        time.sleep(min(1.0, min_duration_s - elapsed))
 
 
 def set_eval_state_dir(cfg: DictConfig, out: Path) -> None:

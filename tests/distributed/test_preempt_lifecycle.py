@@ -202,3 +202,25 @@ def test_retry_locked_backs_off_then_gives_up(monkeypatch):
     with pytest.raises(MlflowException, match="RESOURCE"):
         lifecycle.retry_locked(other)
     assert len(attempts) == n + 1  # not retried
+
+
+def test_hold_keeps_the_job_open_with_a_heartbeat(monkeypatch):
+    from experiments import run as run_mod
+
+    clock = [100.0]
+    monkeypatch.setattr(run_mod.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(run_mod.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+
+    class Log:
+        def __init__(self):
+            self.beats = []
+
+        def metrics(self, values, step):
+            self.beats.append((step, values["heartbeat"]))
+
+    log = Log()
+    run_mod.hold(log, start=98.5, min_duration_s=5)
+    assert clock[0] == pytest.approx(103.5)
+    assert [s for s, _ in log.beats] == [1, 2, 3, 4]
+    run_mod.hold(log, start=0.0, min_duration_s=5)  # already older than that: returns at once
+    assert len(log.beats) == 4

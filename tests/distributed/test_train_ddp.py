@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import signal
 import socket
@@ -36,13 +37,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def torchrun(script: Path, *args: str, nproc: int = 2, timeout: float = TIMEOUT_S, cwd=None):
-    """Run ``script`` under torchrun on a free port; kill its process group on timeout."""
+def torchrun(*args: str, nproc: int = 2, timeout: float = TIMEOUT_S, cwd=None) -> str:
+    """``torchrun ... *args`` on a free port; kill its process group on timeout; the output."""
     cmd = [
         sys.executable, "-m", "torch.distributed.run",
         f"--nproc_per_node={nproc}", "--nnodes=1",
         "--master-addr=127.0.0.1", f"--master-port={free_port()}",
-        str(script), *args,
+        *args,
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     proc = subprocess.Popen(
@@ -66,7 +67,7 @@ def torchrun(script: Path, *args: str, nproc: int = 2, timeout: float = TIMEOUT_
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory, mnist_dir):
     out = tmp_path_factory.mktemp("ddp_train")
-    torchrun(WORKER, str(out), cwd=out)
+    torchrun(str(WORKER), str(out), cwd=out)
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
 
@@ -134,3 +135,30 @@ def test_batch_size_must_divide_by_world_size(ranks):
     for r in ranks:
         assert "must divide by the world size 2" in r["bad_batch_error"]
         assert "batch_size=62" in r["bad_batch_error"]
+
+
+def test_torchrun_experiment_is_one_mlflow_run(tmp_path):
+    """``torchrun --nproc_per_node=2 -m experiments.run``: one run, written by rank 0 alone."""
+    from mlflow import MlflowClient
+
+    uri, run_dir = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "job"
+    out = torchrun(
+        "-m", "experiments.run", "dataset=digits", "model=digits_mlp", "defense=fgsm_at",
+        "attack=fgsm", "eval=fast", "train.epochs=2", "progress=false",
+        "tracking.log_model=false", "tracking.experiment_name=torchrun",
+        f"tracking.uri={uri}", f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )  # fmt: skip
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("torchrun").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss")) == [
+        0,
+        1,
+    ]
+    assert "process group: gloo, rank 0 of 2" in out
+    # the other rank trains and evaluates silently: one summary, one log line per epoch
+    assert out.count("headline worst-case robust accuracy") == 1
+    assert out.count("epoch 2/2 train_loss") == 1
+    assert json.loads((run_dir / "mlflow_run.json").read_text())["run_id"] == run.info.run_id
+    assert (run_dir / "curve_linf.json").is_file()
