@@ -13,8 +13,10 @@ on a filesystem all ranks read.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,30 @@ from defenses.storage import atomic_torch_save, load_trusted
 logger = logging.getLogger(__name__)
 
 LAST_CHECKPOINT = "last.pt"
+
+_RESUME_BY_DEFAULT: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "resume_by_default", default=False
+)
+
+
+@contextlib.contextmanager
+def resume_by_default(enabled: bool = True) -> Iterator[None]:
+    """Inside this block, ``fit(checkpoint_dir=...)`` without ``resume=`` resumes from it.
+
+    What a preemptible job wants for every training it runs (base training and the defense's),
+    without threading the flag through each call: ``experiments.run`` wraps a run in it, so
+    rerunning a killed job in the same output folder continues from the last epoch.
+    """
+    token = _RESUME_BY_DEFAULT.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _RESUME_BY_DEFAULT.reset(token)
+
+
+def resume_default() -> bool:
+    """Whether ``fit`` calls without ``resume=`` resume (inside :func:`resume_by_default`)."""
+    return _RESUME_BY_DEFAULT.get()
 
 
 def state_to_cpu(model: nn.Module) -> dict[str, Tensor]:
@@ -165,6 +191,8 @@ __all__ = [
     "rank_rng_state",
     "restore_last",
     "restore_scheduler",
+    "resume_by_default",
+    "resume_default",
     "rng_state",
     "save_last",
     "set_rng_state",

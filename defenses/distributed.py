@@ -216,9 +216,17 @@ def set_local_device(env: Mapping[str, str] | None = None) -> torch.device:
 
 
 def device_for_rank(device: torch.device) -> torch.device:
-    """``device``, with CUDA pinned to the local rank's GPU inside a process group."""
-    if device.type == "cuda" and device.index is None and dist.is_initialized():
+    """``device``; inside a process group a CUDA device becomes the current one.
+
+    A CUDA device without an index is the local rank's GPU (``cuda:$LOCAL_RANK``), so one
+    config (``device: auto`` or ``cuda``) runs on every rank; NCCL collectives of Python
+    objects use the current device.
+    """
+    if device.type != "cuda" or not dist.is_initialized():
+        return device
+    if device.index is None:
         return set_local_device()
+    torch.cuda.set_device(device)
     return device
 
 

@@ -21,12 +21,10 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
@@ -39,7 +37,7 @@ from tqdm.auto import tqdm
 
 from attacks.validation import check_number, check_positive_int
 from defenses import distributed as dist_utils
-from defenses.checkpoints import restore_last, save_last
+from defenses.checkpoints import restore_last, resume_by_default, resume_default, save_last
 from defenses.data import check_dataset, make_loader, model_device
 from defenses.plugins import Plugin, TrainState
 from defenses.schedules import SCHEDULES, LRSchedule
@@ -53,25 +51,6 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 # epoch e shuffles with seed * SEED_STRIDE + e; rank r starts from seed + RANK_SEED_STRIDE * r
 SEED_STRIDE = 1_000_003
 RANK_SEED_STRIDE = 100_003
-
-_RESUME_BY_DEFAULT: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "resume_by_default", default=False
-)
-
-
-@contextlib.contextmanager
-def resume_by_default(enabled: bool = True) -> Iterator[None]:
-    """Inside this block, ``fit(checkpoint_dir=...)`` without ``resume=`` resumes from it.
-
-    What a preemptible job wants for every training it runs (base training and the defense's),
-    without threading the flag through each call: ``experiments.run`` wraps a run in it, so
-    rerunning a killed job in the same output folder continues from the last epoch.
-    """
-    token = _RESUME_BY_DEFAULT.set(bool(enabled))
-    try:
-        yield
-    finally:
-        _RESUME_BY_DEFAULT.reset(token)
 
 
 class FitOptions(TypedDict, total=False):
@@ -341,7 +320,7 @@ class Trainer:
 
         """
         if resume is None:
-            resume = _RESUME_BY_DEFAULT.get() and checkpoint_dir is not None
+            resume = resume_default() and checkpoint_dir is not None
         state = self._start(model, train, val, device, checkpoint_dir, resume)
         plugins = list(plugins)
         if not (resume and restore_last(state, plugins, self.epochs)):
@@ -385,6 +364,8 @@ class Trainer:
             logger.info("initialised the process group from the torchrun environment")
         device = dist_utils.device_for_rank(device)
         model.to(device)
+        if self.channels_last and device.type != "cuda":
+            logger.warning("channels_last=True only applies on CUDA; ignored on %s", device)
         if self._channels_last(device):
             model.to(memory_format=torch.channels_last)  # type: ignore[call-arg]
         steps = len(self.epoch_loader(train, 0))
@@ -401,11 +382,8 @@ class Trainer:
         )
 
     def _channels_last(self, device: torch.device) -> bool:
-        """Whether ``channels_last`` applies (CUDA only; a warning once on other devices)."""
-        if self.channels_last and device.type != "cuda":
-            logger.warning("channels_last=True only applies on CUDA; ignored on %s", device)
-            self.channels_last = False
-        return self.channels_last
+        """Whether ``channels_last`` applies: CUDA only (elsewhere ``fit`` warns and ignores it)."""
+        return self.channels_last and device.type == "cuda"
 
     def _run_epoch(
         self,

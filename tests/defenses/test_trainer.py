@@ -161,3 +161,31 @@ def test_bad_trainer_input(digits_sets, make_mlp):
         fast().fit(make_mlp(), train, resume=True)
     with pytest.raises(TypeError, match="torch Dataset"):
         fast().fit(make_mlp(), (train.tensors[0], train.tensors[1]))
+
+
+def test_resume_by_default_resumes_fits_with_a_checkpoint_dir(digits_sets, tmp_path, make_mlp):
+    from defenses.trainer import resume_by_default
+
+    train, _, _ = digits_sets
+    fast(epochs=2).fit(make_mlp(), train, checkpoint_dir=tmp_path)
+    seen = []
+    with resume_by_default():
+        fast(epochs=3).fit(
+            make_mlp(), train, checkpoint_dir=tmp_path, callbacks=[lambda e, m: seen.append(e)]
+        )
+        assert seen == [2]  # epochs 0 and 1 came from the checkpoint
+        fast(epochs=1).fit(make_mlp(), train)  # no checkpoint_dir: nothing to resume, no error
+        seen.clear()
+        fast(epochs=3).fit(
+            make_mlp(),
+            train,
+            checkpoint_dir=tmp_path,
+            resume=False,
+            callbacks=[lambda e, m: seen.append(e)],
+        )
+        assert seen == [0, 1, 2]  # an explicit resume=False wins
+    seen.clear()
+    fast(epochs=3).fit(
+        make_mlp(), train, checkpoint_dir=tmp_path, callbacks=[lambda e, m: seen.append(e)]
+    )
+    assert seen == [0, 1, 2]  # outside the block: a fresh run, as before

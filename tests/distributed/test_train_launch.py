@@ -109,3 +109,23 @@ def test_channels_last_is_a_no_op_with_a_warning_on_cpu(caplog):
     trained = Trainer(epochs=1, batch_size=20, channels_last=True, progress=False).fit(model, data)
     assert "channels_last=True only applies on CUDA" in caplog.text
     assert trained[0].weight.is_contiguous()  # still NCHW-contiguous on the CPU
+
+
+def test_slurm_launcher_config_is_one_task_per_gpu():
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="experiments.conf", version_base="1.3"):
+        cfg = compose(
+            config_name="config",
+            overrides=["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=4"],
+            return_hydra_config=True,
+        )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.gpus_per_node, launcher.tasks_per_node) == (4, 4)
+    assert launcher.max_num_timeout > 0  # time-outs requeue: the job resumes from its folder
+    assert cfg.distributed.backend == "auto"
+    from hydra.utils import instantiate
+
+    params = instantiate(launcher).params  # what submitit's executor receives
+    assert (params["gpus_per_node"], params["tasks_per_node"], params["nodes"]) == (4, 4, 1)
