@@ -5,24 +5,55 @@ RNG state, every plug-in's ``state_dict`` and the metrics history, so an interru
 from it ends with the same weights as a straight run. Files are written with
 :func:`defenses.storage.atomic_torch_save` and read with :func:`defenses.storage.load_trusted`
 (tensors and plain data only, never code).
+
+Under ``torch.distributed`` rank 0 writes the file (with every rank's RNG state) while the
+others wait at a barrier, and every rank restores from the same file, which must therefore be
+on a filesystem all ranks read.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from defenses import distributed as dist_utils
 from defenses.plugins import Plugin, TrainState
 from defenses.storage import atomic_torch_save, load_trusted
 
 logger = logging.getLogger(__name__)
 
 LAST_CHECKPOINT = "last.pt"
+
+_RESUME_BY_DEFAULT: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "resume_by_default", default=False
+)
+
+
+@contextlib.contextmanager
+def resume_by_default(enabled: bool = True) -> Iterator[None]:
+    """Inside this block, ``fit(checkpoint_dir=...)`` without ``resume=`` resumes from it.
+
+    What a preemptible job wants for every training it runs (base training and the defense's),
+    without threading the flag through each call: ``experiments.run`` wraps a run in it, so
+    rerunning a killed job in the same output folder continues from the last epoch.
+    """
+    token = _RESUME_BY_DEFAULT.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _RESUME_BY_DEFAULT.reset(token)
+
+
+def resume_default() -> bool:
+    """Whether ``fit`` calls without ``resume=`` resume (inside :func:`resume_by_default`)."""
+    return _RESUME_BY_DEFAULT.get()
 
 
 def state_to_cpu(model: nn.Module) -> dict[str, Tensor]:
@@ -46,36 +77,56 @@ def set_rng_state(state: dict[str, Tensor], device: torch.device) -> None:
 
 
 def save_last(state: TrainState, plugins: Sequence[Plugin], epochs: int) -> Path:
-    """Write ``state.checkpoint_dir / last.pt`` atomically; return its path."""
+    """Write ``state.checkpoint_dir / last.pt`` atomically; return its path.
+
+    Under ``torch.distributed`` every rank must call it (the ranks' RNG states are gathered);
+    rank 0 writes and the others wait until the file is complete.
+    """
     if state.checkpoint_dir is None:
         raise ValueError("save_last needs a TrainState with a checkpoint_dir")
-    ckpt = {
-        "epoch": state.epoch,
-        "stop": state.stop,
-        "model": state.model.state_dict(),
-        "optimizer": state.optimizer.state_dict(),
-        "scheduler": state.scheduler.state_dict(),
-        "rng": rng_state(state.device),
-        "plugins": [p.state_dict() for p in plugins],
-        "history": state.history,
-        "epochs": epochs,
-    }
-    return atomic_torch_save(ckpt, state.checkpoint_dir / LAST_CHECKPOINT)
+    path = state.checkpoint_dir / LAST_CHECKPOINT
+    rngs = dist_utils.gather_objects(rng_state(state.device))
+    if dist_utils.is_main():
+        ckpt = {
+            "epoch": state.epoch,
+            "stop": state.stop,
+            "model": state.model.state_dict(),
+            "optimizer": state.optimizer.state_dict(),
+            "scheduler": state.scheduler.state_dict(),
+            "rng": rngs[0],
+            "rng_ranks": rngs,
+            "plugins": [p.state_dict() for p in plugins],
+            "history": state.history,
+            "epochs": epochs,
+        }
+        atomic_torch_save(ckpt, path)
+    dist_utils.barrier()
+    return path
 
 
 def restore_last(state: TrainState, plugins: Sequence[Plugin], epochs: int) -> bool:
     """Restore ``last.pt`` into ``state`` and ``plugins``; False (fresh start) if there is none.
 
+    Under ``torch.distributed`` rank 0 decides whether there is a checkpoint and every rank
+    loads it; each rank gets back its own RNG state when the world size is unchanged.
+
     Raises:
         ValueError: The checkpoint was saved with a different number of plug-ins.
+        FileNotFoundError: Rank 0 sees the checkpoint but this rank does not (the checkpoint
+            folder is not on a shared filesystem).
 
     """
     if state.checkpoint_dir is None:
         raise ValueError("restore_last needs a TrainState with a checkpoint_dir")
     path = state.checkpoint_dir / LAST_CHECKPOINT
-    if not path.exists():
+    if not dist_utils.broadcast_object(path.exists()):
         logger.info("resume=True but %s does not exist: starting from epoch 0", path)
         return False
+    if not path.exists():
+        raise FileNotFoundError(
+            f"rank {dist_utils.rank()} cannot read {path}, which rank 0 sees: put the "
+            "checkpoint folder on a filesystem every rank reads (the run's output folder)"
+        )
     ckpt = load_trusted(path)
     if len(ckpt["plugins"]) != len(plugins):
         raise ValueError(
@@ -87,13 +138,31 @@ def restore_last(state: TrainState, plugins: Sequence[Plugin], epochs: int) -> b
     restore_scheduler(state.scheduler, state.optimizer, ckpt["scheduler"])
     for plugin, pstate in zip(plugins, ckpt["plugins"], strict=True):
         plugin.load_state_dict(pstate)
-    set_rng_state(ckpt["rng"], state.device)
+    set_rng_state(rank_rng_state(ckpt), state.device)
     state.epoch, state.stop = int(ckpt["epoch"]), bool(ckpt["stop"])
     state.history = list(ckpt["history"])
     if int(ckpt["epochs"]) != epochs:
         logger.info("resuming a run planned for %d epochs with epochs=%d", ckpt["epochs"], epochs)
     logger.info("resumed from %s after epoch %d", path, state.epoch)
     return True
+
+
+def rank_rng_state(ckpt: dict[str, Any]) -> dict[str, Tensor]:
+    """The calling rank's RNG state in a checkpoint (rank 0's if saved by another world size).
+
+    A rank without its own saved state continues from rank 0's, then reseeds from it and its
+    rank so that ranks keep distinct random streams.
+    """
+    ranks = ckpt.get("rng_ranks") or [ckpt["rng"]]
+    r, world = dist_utils.rank(), dist_utils.world_size()
+    if len(ranks) == world:
+        return ranks[r]
+    logger.info("checkpoint saved by %d process(es), resumed by %d", len(ranks), world)
+    if r == 0:
+        return ranks[0]
+    gen = torch.Generator().set_state(ranks[0]["torch"])
+    seed = int(torch.randint(2**62, (1,), generator=gen)) + r
+    return {"torch": torch.Generator().manual_seed(seed).get_state()}
 
 
 def restore_scheduler(
@@ -119,8 +188,11 @@ def restore_scheduler(
 
 __all__ = [
     "LAST_CHECKPOINT",
+    "rank_rng_state",
     "restore_last",
     "restore_scheduler",
+    "resume_by_default",
+    "resume_default",
     "rng_state",
     "save_last",
     "set_rng_state",

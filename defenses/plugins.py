@@ -31,6 +31,8 @@ class TrainState:
         checkpoint_dir: Where checkpoints go (or None).
         stop: Set by a plug-in to end training after the current epoch.
         history: One metrics dict per completed epoch.
+        train_model: What the training step calls: the DDP wrapper of ``model`` under
+            ``torch.distributed``, else None (``model`` itself). Plug-ins use ``model``.
 
     """
 
@@ -45,6 +47,7 @@ class TrainState:
     checkpoint_dir: Path | None = None
     stop: bool = False
     history: list[dict[str, float]] = field(default_factory=list)
+    train_model: nn.Module | None = None
 
 
 class Plugin:

@@ -8,29 +8,48 @@ Examples:
 
 The Hydra main returns the metric named by ``optimized_metric`` (default ``headline_robust_acc``,
 the worst-case robust accuracy at ``eval.headline``), so sweepers (e.g. Optuna) can optimise it.
+
+Scaling out and surviving preemption:
+
+    torchrun --nproc_per_node=2 -m experiments.run hydra.run.dir=outputs/ddp   # one MLflow run
+    python -m experiments.run hydra.run.dir=outputs/a   # killed (SIGTERM, Ctrl-C): run KILLED
+    python -m experiments.run hydra.run.dir=outputs/a   # same folder: resumes the same run
+
+Under ``torchrun`` (or ``srun``, whose SLURM variables are translated) every rank runs the
+experiment: training is data-parallel, evaluation sharded, and rank 0 alone writes the MLflow run
+and the output folder. A rerun in the same output folder continues the MLflow run recorded there,
+the training from its last epoch checkpoint and the evaluation from ``eval.state_dir`` (default
+``<output folder>/eval_state``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 import experiments  # noqa: F401  (registers the ${frac:...} and ${mul:...} resolvers)
 import robustbench_local as rbl
+from defenses import distributed as dist_utils
 from defenses.storage import atomic_write_json
-from experiments import pipeline, tracking
+from defenses.trainer import resume_by_default
+from experiments import lifecycle, pipeline, tracking
 from experiments.callbacks import parent_run_id
+from experiments.lifecycle import Preempted
 
 logger = logging.getLogger(__name__)
+
+EVAL_STATE_DIR = "eval_state"
 
 
 @dataclass
@@ -48,6 +67,8 @@ class Results:
         health: Health flags of every curve, as dicts.
         metrics: The run's scalar metrics, named as in MLflow (``headline_robust_acc``,
             ``clean_acc``, ``cost/<norm>/<label>/<key>``).
+        rank: The torch.distributed rank that produced these results (0 in one process); only
+            rank 0 has a ``run_id`` and wrote the output folder.
     """
 
     curves: dict[str, rbl.Curve]
@@ -59,6 +80,7 @@ class Results:
     manifest: dict[str, Any] = field(default_factory=dict)
     health: list[dict[str, Any]] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
+    rank: int = 0
 
     def summary(self) -> str:
         """The curves' tables and the headline, for the terminal."""
@@ -86,6 +108,12 @@ def output_dir(cfg: DictConfig) -> Path:
 def run(cfg: DictConfig) -> Results:
     """Run one experiment: data -> model -> defense -> robustness curves -> MLflow.
 
+    Under ``torchrun`` (or ``srun``) every rank calls it: the process group comes from the
+    environment (``distributed.backend``: gloo on CPU, NCCL on CUDA) and is torn down at the
+    end; rank 0 alone creates the MLflow run and writes the output folder. SIGTERM and Ctrl-C
+    end the MLflow run KILLED (the exception propagates); rerunning in the same output folder
+    resumes it.
+
     Args:
         cfg: A composed config (see ``experiments/conf/config.yaml``).
 
@@ -94,32 +122,98 @@ def run(cfg: DictConfig) -> Results:
 
     Raises:
         ValueError: A bad config or a model that fails the preflight, before any training.
+        Preempted: SIGTERM arrived (``KeyboardInterrupt`` for Ctrl-C).
     """
     pipeline.validate(cfg)
-    device = pipeline.resolve_device(cfg.device)
-    out = output_dir(cfg)
-    out.mkdir(parents=True, exist_ok=True)
+    dist_cfg = cfg.get("distributed") or {}
+    session = dist_utils.distributed_session(
+        dist_cfg.get("backend", "auto"), dist_cfg.get("timeout_s", dist_utils.DEFAULT_TIMEOUT_S)
+    )
+    with session, lifecycle.preemption_signals():
+        return _run(cfg)
+
+
+def _run(cfg: DictConfig) -> Results:
+    """The body of :func:`run`, inside the process group and the preemption handlers."""
+    device = dist_utils.device_for_rank(pipeline.resolve_device(cfg.device))
+    here = str(output_dir(cfg)) if dist_utils.is_main() else None
+    out = Path(dist_utils.broadcast_object(here))  # rank 0's folder on every rank
+    if dist_utils.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+    else:
+        _quiet(cfg)
+    set_eval_state_dir(cfg, out)
     data = pipeline.load_data(cfg)
     model = pipeline.build_model(cfg, data, device)
     labels = [lbl for g in pipeline.build_attacks(cfg).values() for lbl in g]
     tags = tracking.run_tags(cfg, labels)
-    with tracking.mlflow_run(cfg, tags, parent_run_id()) as log:
+    with _interruption_logged(out), tracking.mlflow_run(cfg, tags, parent_run_id(), out) as log:
         start = time.perf_counter()
         if log is not None:
             log.config(cfg)
         callbacks = [log.training_callback()] if log is not None else []
-        model = pipeline.apply_defense(cfg, model, data, device, out, callbacks)
+        with resume_by_default():
+            model = pipeline.apply_defense(cfg, model, data, device, out, callbacks)
         curves = pipeline.evaluate(cfg, model, data, device)
         results = _results(cfg, curves, model, out, data)
         results.manifest["wall_time"] = time.perf_counter() - start
-        _write_local(results)
+        results.rank = dist_utils.rank()
+        if dist_utils.is_main():
+            _write_local(results)
         if log is not None:
             results.run_id = log.run_id
             log.curves(curves, results.headline)
             log.health(results.health)
             log.manifest(results.manifest)
             log.model(model, cfg.tracking.log_model)
+        hold(log, start, float(cfg.get("min_duration_s") or 0))
     return results
+
+
+def hold(log: tracking.RunLogger | None, start: float, min_duration_s: float) -> None:
+    """Keep the job (and its MLflow run) open until ``min_duration_s`` after ``start``.
+
+    For load tests of a tracking store (``min_duration_s`` in the config): the run writes a
+    ``heartbeat`` metric every second meanwhile (step = seconds since the start), so many such
+    jobs overlap in time and keep writing to the store.
+    """
+    while (elapsed := time.perf_counter() - start) < min_duration_s:
+        if log is not None:
+            log.metrics({"heartbeat": elapsed}, step=int(elapsed))
+        time.sleep(min(1.0, min_duration_s - elapsed))
+
+
+def set_eval_state_dir(cfg: DictConfig, out: Path) -> None:
+    """Default ``eval.state_dir`` to ``<out>/eval_state``, so a rerun in ``out`` resumes there.
+
+    ``null``, ``auto`` or a missing key get the default; ``false`` turns the state off
+    (``null`` after this call); any other value is kept.
+    """
+    current = cfg.eval.get("state_dir", "auto")
+    with open_dict(cfg):
+        if current is None or current == "auto":
+            cfg.eval.state_dir = str(out / EVAL_STATE_DIR)
+        elif current is False:
+            cfg.eval.state_dir = None
+
+
+def _quiet(cfg: DictConfig) -> None:
+    """Ranks > 0 compute but stay silent: no progress bars, warnings and errors only."""
+    with open_dict(cfg):
+        cfg.progress = False
+    logging.getLogger().setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def _interruption_logged(out: Path) -> Iterator[None]:
+    """Say how to resume when the run is interrupted (also without tracking)."""
+    try:
+        yield
+    except (Preempted, KeyboardInterrupt) as err:
+        name = lifecycle.interruption(err)
+        if dist_utils.is_main():
+            logger.warning("interrupted by %s: %s", name, lifecycle.resume_hint(out))
+        raise
 
 
 def _results(
@@ -186,10 +280,21 @@ def main(cfg: DictConfig) -> float | None:
     """Hydra entry point: run, print the summary, return the ``optimized_metric``."""
     logger.debug("config:\n%s", OmegaConf.to_yaml(cfg))
     results = run(cfg)
-    print(results.summary())
-    print(f"outputs: {results.output_dir}")
+    if results.rank == 0:
+        print(results.summary())
+        print(f"outputs: {results.output_dir}")
     return optimized_value(results, cfg.get("optimized_metric"))
 
 
+def cli() -> None:
+    """``python -m experiments.run``: :func:`main`, exiting 143 on SIGTERM and 130 on Ctrl-C."""
+    try:
+        main()
+    except Preempted as err:
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -38,6 +38,8 @@ from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from defenses import distributed as dist_utils
+from experiments import lifecycle
 from robustbench_local.records import metric_key, versions
 
 logger = logging.getLogger(__name__)
@@ -264,36 +266,50 @@ def run_tags(cfg: DictConfig, attack_labels: list[str]) -> dict[str, str]:
 
 @contextlib.contextmanager
 def mlflow_run(
-    cfg: DictConfig, tags: Mapping[str, str], parent_run_id: str | None = None
+    cfg: DictConfig,
+    tags: Mapping[str, str],
+    parent_run_id: str | None = None,
+    run_dir: str | os.PathLike[str] | None = None,
 ) -> Iterator[RunLogger | None]:
-    """An MLflow run for one experiment (``None`` if tracking is disabled).
+    """An MLflow run for one experiment (``None`` if tracking is disabled or on a rank > 0).
 
-    The run ends FINISHED, or FAILED with the error as the ``error`` tag and ``error.txt``
-    when the body raises (the exception propagates).
+    The run ends FINISHED; FAILED with the error as the ``error`` tag and ``error.txt`` when
+    the body raises; KILLED with a ``preempted`` tag and a note on how to resume when it is
+    interrupted (SIGTERM inside :func:`experiments.lifecycle.preemption_signals`, Ctrl-C, a
+    submitit requeue). The exception propagates.
+
+    Args:
+        cfg: The run's config (``cfg.tracking``).
+        tags: Tags of a new run (set again on a resumed one).
+        parent_run_id: The sweep's parent run, for a new run.
+        run_dir: The job's output folder. The run id is stored there, and a rerun in the same
+            folder continues the same run (RUNNING again, then FINISHED).
+
+    Under ``torch.distributed`` only rank 0 creates and writes the run; other ranks get None.
     """
-    if not cfg.tracking.enabled:
+    if not cfg.tracking.enabled or not dist_utils.is_main():
         yield None
         return
     uri = tracking_uri(cfg.tracking.uri)
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(
-        experiment_id=ensure_experiment(MlflowClient(uri), cfg.tracking.experiment_name, uri)
+    client = MlflowClient(uri)
+    experiment_id = lifecycle.retry_locked(
+        ensure_experiment, client, cfg.tracking.experiment_name, uri
     )
+    mlflow.set_experiment(experiment_id=experiment_id)
     name = cfg.tracking.run_name or f"{tags['dataset']}-{tags['model']}-{tags['defense']}"
-    with mlflow.start_run(run_name=name, parent_run_id=parent_run_id, tags=dict(tags)) as run:
-        logger.info("MLflow run %s (%s) at %s", run.info.run_id, name, uri)
-        try:
-            yield RunLogger(run.info.run_id, MlflowClient(uri))
-        except BaseException as err:
-            mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:5000])
-            mlflow.log_text(_format_error(err), "error.txt")
-            raise
-
-
-def _format_error(err: BaseException) -> str:
-    import traceback
-
-    return "".join(traceback.format_exception(type(err), err, err.__traceback__))
+    folder = Path(run_dir) if run_dir is not None else None
+    run = lifecycle.start_run(
+        client, run_name=name, tags=tags, parent_run_id=parent_run_id, run_dir=folder, uri=uri
+    )
+    run_id = run.info.run_id
+    logger.info("MLflow run %s (%s) at %s", run_id, name, uri)
+    try:
+        yield RunLogger(run_id, client)
+    except BaseException as err:
+        lifecycle.end_run_on_error(client, run_id, err, folder)
+        raise
+    lifecycle.finish_run()
 
 
 __all__ = [

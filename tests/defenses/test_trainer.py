@@ -94,7 +94,7 @@ def interrupt_after(epoch_index: int):
 def test_resume_after_interruption_matches_straight_run(
     digits_sets, tmp_path, name, make_mlp, weights_equal
 ):
-    """Kill a 4-epoch run after epoch 2, resume it: same final weights as a straight run."""
+    """Kill a 4-epoch run in epoch 2's callback, resume it: same weights as a straight run."""
     train, _, _ = digits_sets
     train = Subset(train, list(range(400))) if name == "pgd_at" else train
     kw = {"epochs": 4, "batch_size": 100, "progress": False}
@@ -107,7 +107,8 @@ def test_resume_after_interruption_matches_straight_run(
         defenses.create(name, **kw).fit(
             make_mlp(), train, checkpoint_dir=tmp_path, callbacks=[interrupt_after(1)]
         )
-    assert load_trusted(tmp_path / "last.pt")["epoch"] == 2
+    # the checkpoint comes after the callbacks: the interrupted epoch is not in it
+    assert load_trusted(tmp_path / "last.pt")["epoch"] == 1
     seen = []
     resumed = defenses.create(name, **kw).fit(
         make_mlp(seed=123),  # different init: everything must come from the checkpoint
@@ -116,7 +117,7 @@ def test_resume_after_interruption_matches_straight_run(
         resume=True,
         callbacks=[lambda e, m: seen.append(e)],
     )
-    assert seen == [2, 3]
+    assert seen == [1, 2, 3]
     assert weights_equal(straight, resumed)
 
 
@@ -160,3 +161,31 @@ def test_bad_trainer_input(digits_sets, make_mlp):
         fast().fit(make_mlp(), train, resume=True)
     with pytest.raises(TypeError, match="torch Dataset"):
         fast().fit(make_mlp(), (train.tensors[0], train.tensors[1]))
+
+
+def test_resume_by_default_resumes_fits_with_a_checkpoint_dir(digits_sets, tmp_path, make_mlp):
+    from defenses.trainer import resume_by_default
+
+    train, _, _ = digits_sets
+    fast(epochs=2).fit(make_mlp(), train, checkpoint_dir=tmp_path)
+    seen = []
+    with resume_by_default():
+        fast(epochs=3).fit(
+            make_mlp(), train, checkpoint_dir=tmp_path, callbacks=[lambda e, m: seen.append(e)]
+        )
+        assert seen == [2]  # epochs 0 and 1 came from the checkpoint
+        fast(epochs=1).fit(make_mlp(), train)  # no checkpoint_dir: nothing to resume, no error
+        seen.clear()
+        fast(epochs=3).fit(
+            make_mlp(),
+            train,
+            checkpoint_dir=tmp_path,
+            resume=False,
+            callbacks=[lambda e, m: seen.append(e)],
+        )
+        assert seen == [0, 1, 2]  # an explicit resume=False wins
+    seen.clear()
+    fast(epochs=3).fit(
+        make_mlp(), train, checkpoint_dir=tmp_path, callbacks=[lambda e, m: seen.append(e)]
+    )
+    assert seen == [0, 1, 2]  # outside the block: a fresh run, as before
