@@ -118,7 +118,7 @@ def run(cfg: DictConfig) -> Results:
             log.curves(curves, results.headline)
             log.health(results.health)
             log.manifest(results.manifest)
-            log.model(model, cfg.tracking.log_model)
+            log.model(model, cfg.tracking.log_model, example=data.test.tensors[0][:2])
     return results
 
 
