@@ -293,7 +293,7 @@ def _signature(model: nn.Module, example: torch.Tensor) -> Any:
 
 
 def check_rebuild(model: nn.Module, files: Mapping[str, str], example: torch.Tensor) -> None:
-    """Reload the files and compare the logits on ``example`` with ``model``'s.
+    """Reload the files on ``model``'s device and compare the logits on ``example`` with its own.
 
     Skipped for random models (their logits differ from call to call).
 
@@ -302,11 +302,12 @@ def check_rebuild(model: nn.Module, files: Mapping[str, str], example: torch.Ten
     """
     if getattr(model, "random", False):
         return
-    rebuilt = load_model_files(files["classifier"], files.get("defense"))
+    device = _device(model)
+    rebuilt = load_model_files(files["classifier"], files.get("defense"), map_location=device)
+    example = example.to(device)
     with torch.no_grad():
-        want = model(example).detach().cpu()
-        got = rebuilt(example.detach().cpu())
-    if not torch.allclose(want, got, rtol=1e-5, atol=1e-5):
+        want, got = model(example), rebuilt(example)
+    if not torch.allclose(want, got, rtol=1e-4, atol=1e-5):
         raise UnsupportedModelError(
             f"the model rebuilt from its checkpoint differs from the trained one by "
             f"{float((want - got).abs().max()):.3g} in logits; its settings were not all stored"

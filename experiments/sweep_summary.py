@@ -4,7 +4,8 @@ The children that finished are grouped as ``python -m experiments.compare --pare
 them (by the overrides that vary, other than the seed), and the parent gets:
 
 - ``comparison/<norm>_table.json``: an MLflow table (``log_table``; the UI shows it in the
-  artifact view) with a row per group, a column per eps, cells ``mean ± std (n)`` in percent;
+  artifact view) with a row per group, a column per eps (``eps=0·1``, see
+  :func:`display_table`), cells ``mean ± std`` in percent;
 - ``comparison/summary.json``: the same numbers as a tidy MLflow table (norm, group, curve,
   eps, mean, std, n, 95% interval, headline), for ``MlflowClient.load_table`` and scripts;
 - ``comparison/<norm>.md``: the Markdown table;
@@ -29,6 +30,7 @@ from experiments.compare import (
     Table,
     comparison_tables,
     format_markdown,
+    launch_order,
     run_curves,
     table_grid,
     tidy_rows,
@@ -43,9 +45,15 @@ _BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
 
 
 def display_table(table: Table, spread: str = "std") -> dict[str, list[str]]:
-    """A table as MLflow table columns (``log_table`` data): header -> cells, as strings."""
+    """A table as MLflow table columns (``log_table`` data): header -> cells, as strings.
+
+    The eps headers read ``eps=0·05``: MLflow's table view takes a ``.`` in a column name for a
+    nested field and leaves such a column empty, so the decimal point is a middle dot here
+    (the tidy ``summary.json`` keeps plain numbers).
+    """
     grid = table_grid(table, spread, mark=" (headline)", prefix="eps=")
-    return {h: [row[i] for row in grid[1:]] for i, h in enumerate(grid[0])}
+    header = [h.replace(".", "·") for h in grid[0]]
+    return {h: [row[i] for row in grid[1:]] for i, h in enumerate(header)}
 
 
 def tidy_table(tables: Sequence[Table]) -> dict[str, list[Any]]:
@@ -98,7 +106,7 @@ def log_sweep_summary(
     Returns:
         The groups (empty when no child finished with curves).
     """
-    finished = [r for r in children if r.info.status == "FINISHED"]
+    finished = launch_order([r for r in children if r.info.status == "FINISHED"])
     curves: list[RunCurves] = [
         run_curves(client, r)
         for r in finished

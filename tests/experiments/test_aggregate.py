@@ -211,3 +211,26 @@ def test_groups_keep_launch_order_for_many_keys():
         for lr, s in itertools.product(["0.1", "0.01"], range(2))
     ]
     assert [g.label for g in group_runs(runs)] == ["lr=0.1", "lr=0.01"]
+
+
+def test_parent_table_and_metrics(runs):
+    from mlflow.utils.validation import _validate_metric_name
+
+    from experiments.sweep_summary import display_table, group_metrics
+
+    (table,) = comparison_tables(runs)
+    shown = display_table(table)
+    assert list(shown) == [
+        "defense", "curve", "n", "clean", "eps=0·1", "eps=0·2 (headline)", "eps=0·3",
+    ]  # fmt: skip
+    assert shown["defense"] == ["none", "fgsm_at"] and shown["n"] == ["3", "3"]
+    metrics = group_metrics(group_runs(runs))
+    for name in metrics:
+        _validate_metric_name(name)
+    fg = np.array([w for _, w in RESULTS["fgsm_at"]])
+    prefix = "group/defense_fgsm_at"
+    assert metrics[f"{prefix}/headline_robust_acc/mean"] == pytest.approx(fg[:, 1].mean())
+    assert metrics[f"{prefix}/headline_robust_acc/std"] == pytest.approx(fg[:, 1].std(ddof=1))
+    assert metrics[f"{prefix}/headline_robust_acc/n"] == 3
+    assert metrics[f"{prefix}/eps/linf"] == EPS
+    assert metrics[f"{prefix}/robust_acc/linf/worst_case/mean"] == pytest.approx(fg.mean(0))

@@ -127,9 +127,9 @@ def test_seed_sweep_against_a_real_server(tmp_path, mlflow_server):
     local = client.download_artifacts(parent.info.run_id, "comparison/linf_table.json")
     table = json.loads(Path(local).read_text())
     cols = table["columns"]
-    assert cols[:4] == ["curve", "n", "clean", "eps=0.05"] and "eps=0.2 (headline)" in cols
+    assert cols[:4] == ["curve", "n", "clean", "eps=0·05"] and "eps=0·2 (headline)" in cols
     (row,) = table["data"]
-    head_cell = row[cols.index("eps=0.2 (headline)")]
+    head_cell = row[cols.index("eps=0·2 (headline)")]
     mean, std = 100 * statistics.fmean(heads), 100 * statistics.stdev(heads)
     assert head_cell == f"{mean:.1f} ± {std:.1f}"
     local = client.download_artifacts(parent.info.run_id, "comparison/summary.json")
