@@ -2,8 +2,11 @@
 
 The parent run is created in the launching process before any job starts; its id is written
 to ``<sweep dir>/mlflow_parent_run_id`` and exported as ``EXPERIMENTS_PARENT_RUN_ID``, so jobs
-started by any launcher (joblib processes, submitit on this machine or on SLURM) find it. Jobs
-only create their own child runs, which is safe when they run in parallel.
+started by any launcher (joblib processes, submitit on this machine or on SLURM) find it. The
+keys the sweep varies go to ``<sweep dir>/sweep_keys.json`` (:mod:`experiments.sweep`), so each
+job names and tags its run after its own values of them. Jobs only create their own child
+runs, which is safe when they run in parallel. When the sweep ends the parent logs the
+aggregated comparison of its children (:mod:`experiments.sweep_summary`).
 """
 
 from __future__ import annotations
@@ -40,8 +43,10 @@ def parent_run_id() -> str | None:
 class MLflowSweepCallback(Callback):
     """Create the parent run at sweep start and close it at sweep end.
 
-    At the end the parent gets status FAILED if any child failed, the number of children, and
-    a comparison plot of the children's worst-case curves (``comparison.png``).
+    At the end the parent gets status FAILED if any child failed, the number of children and
+    failures, and the children's aggregated comparison (tables, metrics per group, the curve
+    plot ``comparison.png`` and the trade-off plot ``tradeoff.png``; see
+    :func:`experiments.sweep_summary.log_sweep_summary`).
     """
 
     def __init__(self) -> None:
@@ -49,7 +54,12 @@ class MLflowSweepCallback(Callback):
         self.uri: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """Create the parent run and publish its id to the jobs."""
+        """Publish the varying keys; create the parent run and publish its id to the jobs."""
+        from experiments import sweep
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        keys = sweep.sweep_keys(config.hydra.overrides.task, config.hydra.sweeper.get("params"))
+        sweep.write_keys(sweep_dir, keys)
         if not config.tracking.enabled:
             return
         from mlflow import MlflowClient
@@ -59,11 +69,14 @@ class MLflowSweepCallback(Callback):
         self.uri = tracking_uri(config.tracking.uri)
         client = MlflowClient(self.uri)
         exp_id = ensure_experiment(client, config.tracking.experiment_name, self.uri)
-        sweep_dir = Path(config.hydra.sweep.dir)
         tags = {k: v for k, v in run_tags(config, []).items() if k.startswith(("version.", "git"))}
         tags.update({"sweep": "parent", "sweep_dir": str(sweep_dir.resolve())})
+        tags[sweep.SWEEP_KEYS_TAG] = ",".join(keys) or "-"
         overrides = " ".join(config.hydra.overrides.task)
-        name = config.tracking.run_name or f"sweep {overrides}"[:250]
+        swept = [
+            o for o in config.hydra.overrides.task if "=" in o and sweep.override_key(o)[0] in keys
+        ]
+        name = config.tracking.run_name or f"sweep {' '.join(swept) or overrides}"[:250]
         run = client.create_run(exp_id, run_name=name, tags=tags)
         self.run_id = run.info.run_id
         client.log_param(self.run_id, "overrides", overrides[:6000])
@@ -72,24 +85,25 @@ class MLflowSweepCallback(Callback):
         logger.info("MLflow sweep parent run %s at %s", self.run_id, self.uri)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        """Close the parent run: FAILED if a child failed, else FINISHED."""
+        """Log the children's aggregated comparison; close the parent: FAILED if a child failed."""
         if self.run_id is None:
             return
         from mlflow import MlflowClient
 
-        from experiments.compare import child_runs, comparison_figure, run_curves
+        from experiments.compare import child_runs
+        from experiments.sweep_summary import log_sweep_summary
 
         client = MlflowClient(self.uri)
         children = child_runs(client, self.run_id)
         failed = [r for r in children if r.info.status == "FAILED"]
         client.log_metric(self.run_id, "n_children", len(children))
         client.log_metric(self.run_id, "n_failed", len(failed))
-        if children:
-            client.log_figure(
-                self.run_id,
-                comparison_figure([run_curves(client, r) for r in children]),
-                "comparison.png",
-            )
+        try:
+            log_sweep_summary(client, self.run_id, children)
+        except Exception:
+            # The parent still has to end: a summary that fails must not leave it RUNNING.
+            client.set_terminated(self.run_id, "FAILED")
+            raise
         client.set_terminated(self.run_id, "FAILED" if failed else "FINISHED")
         os.environ.pop(PARENT_ENV, None)
 

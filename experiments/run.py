@@ -165,7 +165,7 @@ def _run(cfg: DictConfig) -> Results:
             log.curves(curves, results.headline)
             log.health(results.health)
             log.manifest(results.manifest)
-            log.model(model, cfg.tracking.log_model)
+            log.model(model, cfg.tracking.log_model, example=data.test.tensors[0][:2])
         hold(log, start, float(cfg.get("min_duration_s") or 0))
     return results
 

@@ -15,7 +15,8 @@ Metric layout of a run (``<norm>`` is ``linf`` or ``l2``, ``<label>`` an attack 
 Artifacts: ``config.yaml``, ``manifest.json``, ``health.json``, ``curves/<norm>.json``
 (the full :class:`~robustbench_local.Curve`), ``curves/<norm>.png``, ``curves/<norm>_table.txt``,
 ``curves/<norm>_per_example.csv`` (rows: evaluated samples; columns: label@eps, 1 = robust) and
-the model (``checkpoint/model.pt`` plus an MLflow PyTorch model named ``model``).
+the model (``checkpoint/model.pt``, ``checkpoint/defense.pt`` for a trained denoiser, and an
+MLflow pyfunc model named ``model`` rebuilt from them; see :mod:`experiments.model_logging`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
+from torch import Tensor, nn
 
 from defenses import distributed as dist_utils
 from experiments import lifecycle
@@ -178,25 +179,46 @@ class RunLogger:
         failed = sorted({f["name"] for f in flags if not f.get("ok", True)})
         mlflow.set_tag("health", ",".join(failed) if failed else "ok")
 
-    def model(self, model: nn.Module, log_pytorch_model: bool = True) -> None:
-        """The weights as a checkpoint artifact and (optionally) an MLflow PyTorch model."""
-        from robustbench_local import save_checkpoint
+    def model(
+        self, model: nn.Module, log_mlflow_model: bool = True, example: Tensor | None = None
+    ) -> None:
+        """The model as weights-only checkpoints and (optionally) an MLflow pyfunc model.
 
-        net = getattr(model, "classifier", model)
-        arch = None if getattr(net, "arch", None) else type(net).__name__
+        ``checkpoint/model.pt`` is the classifier (:func:`robustbench_local.save_checkpoint`;
+        its ``meta`` names an inference defense and its settings), ``checkpoint/defense.pt``
+        the weights of a trained denoiser. The MLflow model ``model`` rebuilds the whole model,
+        defense included, from them (:mod:`experiments.model_logging`: no pickle). A model that
+        cannot be rebuilt (a custom architecture or preprocessor) gets its classifier weights
+        only, a warning and the ``logged_model`` tag saying why.
+
+        Args:
+            model: The trained (and possibly wrapped) model.
+            log_mlflow_model: Also log the MLflow model.
+            example: A few inputs for the MLflow model's signature and its rebuild check.
+        """
+        from experiments import model_logging as ml
+
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "model.pt"
-            save_checkpoint(net, path, arch=arch)
-            mlflow.log_artifact(str(path), "checkpoint")
-        if log_pytorch_model:
-            import torch
+            try:
+                files = ml.save_model_files(model, tmp)
+            except ml.UnsupportedModelError as err:
+                self._model_skipped(f"{err}; only the classifier's weights are logged")
+                files = ml.save_model_files(getattr(model, "classifier", model), tmp)
+                log_mlflow_model = False
+            for path in files.values():
+                mlflow.log_artifact(path, "checkpoint")
+            if not log_mlflow_model:
+                return
+            try:
+                ml.log_model(model, files, example)
+            except ml.UnsupportedModelError as err:
+                self._model_skipped(str(err))
+                return
+        mlflow.set_tag("logged_model", "model (pyfunc, weights-only checkpoints)")
 
-            mlflow.pytorch.log_model(
-                model,
-                name="model",
-                pip_requirements=[f"torch=={torch.__version__}"],
-                serialization_format="pickle",
-            )
+    def _model_skipped(self, reason: str) -> None:
+        logger.warning("MLflow model not logged: %s", reason)
+        mlflow.set_tag("logged_model", f"skipped: {reason}"[:5000])
 
     def manifest(self, manifest: Mapping[str, Any]) -> None:
         """The reproducibility manifest as ``manifest.json``."""
@@ -246,7 +268,14 @@ def per_example_csv(curve: Any) -> str:
 
 
 def run_tags(cfg: DictConfig, attack_labels: list[str]) -> dict[str, str]:
-    """Searchable tags: dataset, model, defense, attacks, git commit and versions."""
+    """Searchable tags: dataset, model, defense, attacks, git commit, versions, sweep overrides.
+
+    In a sweep job the overrides the sweep varies are added
+    (:func:`experiments.sweep.override_tags`): ``overrides`` (e.g. ``defense=fgsm_at,seed=3``)
+    and ``override.<key>`` per key.
+    """
+    from experiments import sweep
+
     model = cfg.model.get("name") or str(cfg.model.get("_target_", "custom")).rsplit(".", 1)[-1]
     tags = {
         "dataset": str(cfg.dataset.name),
@@ -260,8 +289,24 @@ def run_tags(cfg: DictConfig, attack_labels: list[str]) -> dict[str, str]:
         tags["mlflow.source.git.commit"] = commit
         tags["git_commit"] = commit
     tags.update({f"version.{k}": v for k, v in versions().items()})
+    tags.update(sweep.override_tags(sweep.varying_overrides(), sweep.job_number()))
     tags.update({str(k): str(v) for k, v in (cfg.tracking.get("tags") or {}).items()})
     return tags
+
+
+def run_name(cfg: DictConfig, tags: Mapping[str, str]) -> str:
+    """The run's name.
+
+    In a sweep: its varying overrides (``defense=fgsm_at,seed=3``, after ``tracking.run_name``
+    when that is set); else ``tracking.run_name``, else the short
+    ``<dataset>-<model>-<defense>``.
+    """
+    from experiments import sweep
+
+    base = f"{tags['dataset']}-{tags['model']}-{tags['defense']}"
+    prefix = sweep.OVERRIDE_TAG_PREFIX
+    varying = {k[len(prefix) :]: v for k, v in tags.items() if k.startswith(prefix)}
+    return sweep.run_name(base, varying, cfg.tracking.get("run_name"))
 
 
 @contextlib.contextmanager
@@ -297,7 +342,7 @@ def mlflow_run(
         ensure_experiment, client, cfg.tracking.experiment_name, uri
     )
     mlflow.set_experiment(experiment_id=experiment_id)
-    name = cfg.tracking.run_name or f"{tags['dataset']}-{tags['model']}-{tags['defense']}"
+    name = run_name(cfg, tags)
     folder = Path(run_dir) if run_dir is not None else None
     run = lifecycle.start_run(
         client, run_name=name, tags=tags, parent_run_id=parent_run_id, run_dir=folder, uri=uri
@@ -322,6 +367,7 @@ __all__ = [
     "metric_key",
     "mlflow_run",
     "per_example_csv",
+    "run_name",
     "run_tags",
     "scalar_metrics",
     "tracking_uri",

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from mlflow import MlflowClient
 
+import robustbench_local as rbl
 from experiments.compare import run_curves
 from experiments.run import optimized_value, run
 
@@ -105,3 +107,26 @@ def test_every_experiment_preset_runs_end_to_end(make_cfg, preset, mnist_availab
     assert cfg.eval.headline.eps == cfg.train.eps
     assert res.headline == pytest.approx(headline_from_curve(res, cfg))
     assert res.curves["linf"].n_examples == 60
+
+
+@pytest.mark.slow
+def test_a_defended_run_logs_a_model_that_loads_back_with_its_defense(
+    make_cfg, sqlite_uri, tmp_path
+):
+    """The trained denoiser is part of the logged model: same logits through MLflow."""
+    from defenses.denoising import ConvAutoencoder
+    from experiments.model_logging import load_logged_model
+
+    over = ["defense=denoising_autoencoder", "defense.epochs=1", "attack=fgsm"]
+    cfg = make_cfg(tiny([*over, "tracking.log_model=true", f"+output_dir={tmp_path}"], []))
+    res = run(cfg)
+    client = MlflowClient(sqlite_uri)
+    mrun = client.get_run(res.run_id)
+    assert mrun.data.tags["logged_model"].startswith("model (pyfunc")
+    module = load_logged_model(f"runs:/{res.run_id}/model", tracking_uri=sqlite_uri)
+    assert isinstance(module.preprocessor, ConvAutoencoder)
+    x = rbl.load_dataset("digits")[1].tensors[0][res.curves["linf"].indices[:64]]
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), res.model(x), rtol=0, atol=1e-6)
+        bare = res.model.classifier(x)
+    assert (bare - res.model(x)).abs().max() > 0  # the denoiser changes the logits
