@@ -296,28 +296,6 @@ def test_not_weaker_than_art_at_equal_iterations(digits_model, held_out, norm, e
     assert float(res.robust_accuracy) <= theirs + TOL
 
 
-@pytest.fixture(scope="module")
-def mnist_cnn(mnist_dir):
-    """A tiny CNN trained on 5000 MNIST images (a couple of seconds) and 300 test images."""
-    import robustbench_local as rbl
-
-    train, test = rbl.load_dataset("mnist", mnist_dir)
-    x, y = train.tensors
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(1, 8, 5, stride=2), nn.ReLU(), nn.Conv2d(8, 16, 5, stride=2), nn.ReLU(),
-        nn.Flatten(), nn.Linear(16 * 4 * 4, 10),
-    )  # fmt: skip
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(2):
-        for idx in torch.randperm(5000).split(100):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    xt, yt = test.tensors
-    return model.eval(), xt[:300].clone(), yt[:300].clone()
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(("norm", "eps"), [("linf", 0.1), ("l2", 1.0)])
 def test_not_weaker_than_autoattack_on_mnist(mnist_cnn, norm, eps):
