@@ -29,6 +29,7 @@ from attacks.fgsm import FGSM
 from attacks.pgd import PGD
 from attacks.registry import Registry
 from attacks.result import AttackResult
+from attacks.straight_through import StraightThrough, find_rounding_ops, straight_through_model
 from attacks.suite import AttackSuite
 from attacks.threat import Norm, ThreatModel
 from attacks.trades import TRADESKL
@@ -64,12 +65,15 @@ __all__ = [
     "MinimumNormAttack",
     "Norm",
     "Registry",
+    "StraightThrough",
     "ThreatModel",
     "adaptive_model",
     "create",
+    "find_rounding_ops",
     "model_guard",
     "names",
     "needs_adaptive",
     "parse_eps",
     "register_attack",
+    "straight_through_model",
 ]
