@@ -106,7 +106,8 @@ def autoattack(
     )
     aa.verbose = False
     start = time.perf_counter()
-    x_adv = aa.run_standard_evaluation(x, y, batch_size=args.batch_size)
+    out = aa.run_standard_evaluation(x, y, batch_size=args.batch_size)
+    x_adv = out[0] if isinstance(out, tuple) else out  # pyautoattack >= 0.2: (x_adv, y_adv)
     wall = time.perf_counter() - start
     with torch.no_grad():
         robust = torch.cat([model(b).argmax(1) for b in x_adv.split(args.batch_size)]) == y
