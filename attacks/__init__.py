@@ -31,6 +31,7 @@ from attacks.pgd import PGD
 from attacks.registry import Registry
 from attacks.result import AttackResult
 from attacks.square import Square
+from attacks.straight_through import StraightThrough, find_rounding_ops, straight_through_model
 from attacks.suite import AttackSuite
 from attacks.threat import Norm, ThreatModel
 from attacks.trades import TRADESKL
@@ -69,12 +70,15 @@ __all__ = [
     "Norm",
     "Registry",
     "Square",
+    "StraightThrough",
     "ThreatModel",
     "adaptive_model",
     "create",
+    "find_rounding_ops",
     "model_guard",
     "names",
     "needs_adaptive",
     "parse_eps",
     "register_attack",
+    "straight_through_model",
 ]
