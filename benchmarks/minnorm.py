@@ -4,16 +4,18 @@ Two ``mnist_small_cnn`` models are trained (or loaded from ``--cache-dir``): a s
 (``defenses.create("standard")``, ``--std-epochs``) and an adversarially trained one (the
 repository's fast-AT recipe, ``defenses.create("fgsm_at")``, Wong et al. 2020, ``--at-epochs``).
 On the first ``--n`` MNIST test images, every attack runs once in one batch with about
-``--steps`` forward+backward passes per sample: ours (``ddn``, ``fmn``, ``alma``, and ``cw_l2``
-as 9 x steps/9) and adv-lib's DDN, FMN and ALMA with their defaults and the same number of
-steps, in l2 (d_max 4), linf (FMN, d_max 0.5) and l1 (FMN and ALMA, d_max 40).
+``--steps`` forward+backward passes per sample: ours (``ddn``, ``fmn`` with the paper's ball
+projection and with ``projection="sphere"``, ``alma``, and ``cw_l2`` as 9 x steps/9) and
+adv-lib's DDN, FMN and ALMA with their defaults and the same number of steps, in l2 (d_max 4),
+linf (FMN, d_max 0.5) and l1 (FMN and ALMA, d_max 40).
 
 Columns: success = fraction of the correctly classified images the attack fooled; median =
 median norm over those images (a failure counts as infinite); optimality (Cina et al.,
 AttackBench, AAAI 2025) = ``1 - (area - best) / (clean * d_max - best)`` with ``area`` the
 area under robust accuracy vs. distance up to ``d_max`` and ``best`` that of the per-sample
-best over all attacks of the run in that norm; time = wall seconds of the call (adv-lib's
-parameters are frozen like ours, and its success is checked outside the timing). All
+best over all attacks of the run in that norm; time = wall seconds of the call; cpu = the
+process's CPU seconds for it, less sensitive to a shared machine (the targets use wall time).
+adv-lib's parameters are frozen like ours, and its success is checked outside the timing. All
 numbers come from the same run; times are medians over ``--repeats`` runs.
 
 Targets (printed with PASS/FAIL): l2: one of ours has success >= and median <= 1.02x the
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.machinery
 import importlib.util
 import logging
 import os
@@ -134,9 +137,10 @@ def import_adv_lib() -> types.ModuleType:
     """``adv_lib.attacks``, installed with ``pip --no-deps`` if missing; optional deps stubbed."""
     for top, subs in (("torchvision", ("models",)), ("visdom", ())):
         if top not in sys.modules and importlib.util.find_spec(top) is None:
-            sys.modules[top] = types.ModuleType(top)
-            for sub in subs:
-                sys.modules[f"{top}.{sub}"] = types.ModuleType(f"{top}.{sub}")
+            for name in (top, *(f"{top}.{sub}" for sub in subs)):
+                stub = types.ModuleType(name)
+                stub.__spec__ = importlib.machinery.ModuleSpec(name, None)
+                sys.modules[name] = stub
     try:
         return importlib.import_module("adv_lib.attacks")
     except ImportError:
@@ -178,6 +182,7 @@ def attack_table(norm: str, steps: int, adv_lib: types.ModuleType) -> dict[str, 
     if norm == "l2":
         table["ours ddn"] = ours_runner("ddn", norm, steps=steps)
         table["ours fmn"] = ours_runner("fmn", norm, steps=steps)
+        table["ours fmn sphere"] = ours_runner("fmn", norm, steps=steps, projection="sphere")
         table["ours alma"] = ours_runner("alma", norm, steps=steps)
         table[f"ours cw_l2 9x{steps // 9}"] = ours_runner("cw_l2", norm, steps=steps // 9)
         table["adv-lib ddn"] = adv_lib_runner(adv_lib.ddn, norm, steps=steps)
@@ -201,6 +206,7 @@ class Row:
     name: str
     norms: Tensor
     seconds: float
+    cpu: float
     correct: Tensor
 
     @property
@@ -213,12 +219,13 @@ class Row:
 
 
 def measure(name: str, run: Runner, model: nn.Module, x: Tensor, y: Tensor, repeats: int) -> Row:
-    """Time ``repeats`` runs of an attack (median); norms of the first run, checked afresh."""
-    times, x_adv = [], None
+    """Time ``repeats`` runs of an attack (medians); norms of the first run, checked afresh."""
+    times, cpu, x_adv = [], [], None
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         out = run(model, x, y)
         times.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
         x_adv = out if x_adv is None else x_adv
     with torch.no_grad():
         correct = model(x).argmax(1) == y
@@ -228,7 +235,7 @@ def measure(name: str, run: Runner, model: nn.Module, x: Tensor, y: Tensor, repe
     norms = (x_adv - x).flatten(1).norm(p=P[run.norm], dim=1)  # type: ignore[attr-defined]
     norms = torch.where(fooled | ~correct, norms, torch.full_like(norms, float("inf")))
     norms = torch.where(correct, norms, torch.zeros_like(norms))
-    return Row(name, norms, statistics.median(times), correct)
+    return Row(name, norms, statistics.median(times), statistics.median(cpu), correct)
 
 
 def area(norms: Tensor, d_max: float) -> float:
@@ -271,12 +278,11 @@ def report(label: str, norm: str, rows: list[Row]) -> bool:
     d_max = D_MAX[norm]
     opt = optimality(rows, d_max)
     print(f"\n{label}, {norm} (d_max {d_max:g}):")
-    print(f"| attack | success | median {norm} | optimality | time (s) |")
-    print("|---|---|---|---|---|")
+    print(f"| attack | success | median {norm} | optimality | time (s) | cpu (s) |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
-        print(
-            f"| {r.name} | {r.success:.1%} | {r.median:.3f} | {opt[r.name]:.3f} | {r.seconds:.1f} |"
-        )
+        cells = f"{r.success:.1%} | {r.median:.3f} | {opt[r.name]:.3f}"
+        print(f"| {r.name} | {cells} | {r.seconds:.1f} | {r.cpu:.1f} |")
     line = verdict(rows, opt, norm)
     print(line)
     return line.lstrip().startswith("PASS")

@@ -175,7 +175,7 @@ def test_breaks_every_digit_with_nearly_minimal_norms(digits_model, digits_batch
 
 
 @pytest.mark.parametrize(
-    ("name", "kw"), [("ddn", {}), ("fmn", {}), ("fmn", {"norm": "l1"}), ("alma", {})]
+    ("name", "kw"), [("ddn", {}), ("fmn", {}), ("fmn", {"norm": "l1"}), ("alma", {"steps": 300})]
 )
 def test_targeted_attacks_reach_the_target(digits_model, digits_batch, name, kw):
     x, y = digits_batch
