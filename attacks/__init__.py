@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from attacks.adaptive import BPDA, EOT, adaptive_model, needs_adaptive
+from attacks.alma import ALMA
 from attacks.apgd import APGD
 from attacks.art import ARTAttack, ARTMinimumNormAttack
 from attacks.base import (
@@ -25,8 +26,10 @@ from attacks.base import (
 )
 from attacks.context import AttackContext, model_guard
 from attacks.cw import CarliniWagnerL2
+from attacks.ddn import DDN
 from attacks.fab import FAB, FABT
 from attacks.fgsm import FGSM
+from attacks.fmn import FMN
 from attacks.pgd import PGD
 from attacks.registry import Registry
 from attacks.result import AttackResult
@@ -49,13 +52,16 @@ def names(pattern: str = "*") -> list[str]:
 
 
 __all__ = [
+    "ALMA",
     "APGD",
     "ATTACKS",
     "BPDA",
+    "DDN",
     "EOT",
     "FAB",
     "FABT",
     "FGSM",
+    "FMN",
     "PGD",
     "TRADESKL",
     "ARTAttack",
