@@ -37,6 +37,7 @@ from robustbench_local.checks import masking_checks, preflight
 from robustbench_local.curve import Curve
 from robustbench_local.data import sample_indices
 from robustbench_local.health import ADAPTIVE_SUFFIX, Flag, raise_on_errors
+from robustbench_local.strategies import CurveStrategy, get_strategy
 
 logger = logging.getLogger(__name__)
 AttackSpec = Sequence[str | atk_lib.Attack] | Mapping[str, atk_lib.Attack | str]
@@ -166,6 +167,7 @@ def robustness_curve(
     checks: bool = True,
     progress: bool = True,
     check_kwargs: Mapping[str, Any] | None = None,
+    strategy: str | CurveStrategy = "auto",
 ) -> Curve:
     """Evaluate robust accuracy over an eps grid for each attack and their worst case.
 
@@ -182,6 +184,8 @@ def robustness_curve(
         checks: Run the preflight (before attacking) and gradient-masking checks (after).
         progress: Show a progress bar.
         check_kwargs: Extra keyword arguments for ``checks.masking_checks``.
+        strategy: How each attack covers the grid (:mod:`robustbench_local.strategies`):
+            ``"auto"``, ``"nested"``, ``"descent"`` or a ``CurveStrategy``.
 
     Returns:
         A :class:`Curve`.
@@ -191,6 +195,7 @@ def robustness_curve(
             that fails the preflight (e.g. it returns probabilities).
     """
     grid = _validate_grid(eps)
+    sweep = get_strategy(strategy)
     attack_map = resolve_attacks(attacks, seed)
     check_positive_int("batch_size", batch_size)
     indices = _select_samples(data, n_examples, seed)
@@ -203,7 +208,7 @@ def robustness_curve(
             if tally.first is None:
                 tally.first = (x[:100], y[:100])
                 tally.health = _preflight(model, x, y, attack_map) if checks else []
-            _evaluate_batch(model, runs, x, y, ids, grid, tally, bar)
+            _evaluate_batch(model, runs, x, y, ids, grid, tally, bar, sweep)
     curve = _assemble(tally, runs, grid, indices, seed)
     if checks and tally.first is not None:
         curve.health += masking_checks(
@@ -237,13 +242,14 @@ def _evaluate_batch(
     grid: list[float],
     tally: _Tally,
     bar: tqdm,
+    sweep: CurveStrategy | str = "auto",
 ) -> None:
     """Clean correctness and every run's attack over the whole grid on one batch."""
     with atk_lib.model_guard(model, eval_mode=True), torch.no_grad():
         tally.clean.append((model(x).argmax(1) == y).cpu())
     for run in runs:
         bar.set_postfix_str(run.label)
-        tally.add(run.label, run.attack(run.model, x, y, eps=grid, ids=ids))
+        tally.add(run.label, get_strategy(sweep)(run.attack, run.model, x, y, grid, ids))
         bar.update()
 
 
