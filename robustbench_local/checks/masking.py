@@ -89,8 +89,15 @@ class MaskingContext:
         return next(iter(self.attack_map.values()))
 
     def make(self, name: str, **kw: Any) -> atk_lib.Attack:
-        """A registered attack on the norm, bounds and seed of the curve's first attack."""
+        """A registered attack on the norm, bounds and seed of the curve's first attack.
+
+        Raises:
+            CheckUnavailableError: The attack does not support the curve's norm (e.g. PGD and l1).
+        """
         ref = self.reference
+        norms = getattr(atk_lib.ATTACKS.get(name), "norms", frozenset({ref.norm}))
+        if ref.norm not in norms:
+            raise CheckUnavailableError(f"it needs {name}, which has no {ref.norm.value} version")
         return atk_lib.create(name, norm=ref.norm, bounds=ref.bounds, seed=ref.seed, **kw)
 
     @classmethod
@@ -464,9 +471,16 @@ def masking_checks(
     return [_run(name, ctx, (options or {}).get(name, {})) for name in names if name not in skip]
 
 
+class CheckUnavailableError(ValueError):
+    """A masking check cannot run on this curve (no attack of its kind for the curve's norm)."""
+
+
 def _run(name: str, ctx: MaskingContext, options: Mapping[str, Any]) -> Flag:
     """Run one registered masking check with its options; log a failure."""
-    flag = CHECKS.get(name)(ctx, **dict(options))
+    try:
+        flag = CHECKS.get(name)(ctx, **dict(options))
+    except CheckUnavailableError as err:
+        return failed(name, "info", f"not run on this curve: {err}", "nothing to do")
     if not flag.ok:
         logger.warning("%s", flag)
     return flag
