@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from attacks.adaptive import BPDA, EOT, adaptive_model, needs_adaptive
+from attacks.alma import ALMA
 from attacks.apgd import APGD
 from attacks.art import ARTAttack, ARTMinimumNormAttack
 from attacks.base import (
@@ -25,12 +26,15 @@ from attacks.base import (
 )
 from attacks.context import AttackContext, model_guard
 from attacks.cw import CarliniWagnerL2
+from attacks.ddn import DDN
 from attacks.fab import FAB, FABT
 from attacks.fgsm import FGSM
+from attacks.fmn import FMN
 from attacks.pgd import PGD
 from attacks.registry import Registry
 from attacks.result import AttackResult
 from attacks.square import Square
+from attacks.straight_through import StraightThrough, find_rounding_ops, straight_through_model
 from attacks.suite import AttackSuite
 from attacks.threat import Norm, ThreatModel
 from attacks.trades import TRADESKL
@@ -48,13 +52,16 @@ def names(pattern: str = "*") -> list[str]:
 
 
 __all__ = [
+    "ALMA",
     "APGD",
     "ATTACKS",
     "BPDA",
+    "DDN",
     "EOT",
     "FAB",
     "FABT",
     "FGSM",
+    "FMN",
     "PGD",
     "TRADESKL",
     "ARTAttack",
@@ -69,12 +76,15 @@ __all__ = [
     "Norm",
     "Registry",
     "Square",
+    "StraightThrough",
     "ThreatModel",
     "adaptive_model",
     "create",
+    "find_rounding_ops",
     "model_guard",
     "names",
     "needs_adaptive",
     "parse_eps",
     "register_attack",
+    "straight_through_model",
 ]

@@ -101,11 +101,32 @@ class EOT(nn.Module):
 def adaptive_model(model: nn.Module, eot_samples: int = 8) -> nn.Module:
     """Wrap ``model`` for an adaptive attack: BPDA if non-differentiable, EOT if random.
 
-    A model that needs neither is returned unchanged.
+    A model that declares ``differentiable=False`` keeps its declared BPDA surrogate: the
+    defense knows its preprocessor best (a median filter or JPEG may come with a better
+    surrogate than the identity), so :class:`BPDA` uses ``model.surrogate``, and the rounding
+    inside the preprocessor is never differentiated (it runs under ``torch.no_grad``). A model
+    that declares ``differentiable=False`` but does not expose the adaptive protocol (no
+    ``preprocessor``/``classifier``) has declared nothing to approximate with: it gets
+    straight-through gradients for the rounding-like operations of its ``forward``
+    (:class:`~attacks.straight_through.StraightThrough`, BPDA with the identity surrogate
+    applied op by op). A model that declares nothing is returned unchanged (with EOT if it
+    declares ``random``): rounding hidden in an undeclared model is found on data by
+    :func:`~attacks.straight_through.find_rounding_ops` and attacked through
+    :func:`~attacks.straight_through.straight_through_model`, which also composes with this
+    wrapper (``straight_through_model(adaptive_model(m))`` also sees through rounding inside
+    the classifier of a BPDA-wrapped defense).
+
+    Raises:
+        ValueError: ``eot_samples`` is not a positive integer.
     """
     out = model
     if not getattr(model, "differentiable", True):
-        out = BPDA(out)
+        if all(hasattr(model, attr) for attr in ("preprocessor", "classifier")):
+            out = BPDA(out)
+        else:
+            from attacks.straight_through import StraightThrough  # it imports this module
+
+            out = StraightThrough(out)
     if getattr(model, "random", False):
         out = EOT(out, samples=eot_samples)
     return out

@@ -45,7 +45,7 @@ from attacks.context import AttackContext, model_guard
 from attacks.registry import Registry
 from attacks.result import AttackResult
 from attacks.rng import draw_seed
-from attacks.threat import Norm, norm_of, project_and_clip
+from attacks.threat import Norm, norm_of, project_and_clip, require_norm
 from attacks.validation import (
     BOUNDS_TOL,
     EpsLike,
@@ -67,7 +67,8 @@ class Attack(ABC):
     """Common base of the two kinds of attack; subclass one of them, never this class.
 
     Args:
-        norm: The threat model's norm (``linf`` or ``l2``).
+        norm: The threat model's norm, one of the class's ``norms`` (``linf`` or ``l2``
+            unless the attack declares more, e.g. ``fmn``'s l1); others are refused.
         bounds: Valid input range ``(lo, hi)``; ``x`` must lie inside it.
         targeted: If True, ``__call__`` needs ``target=`` labels and succeeds when the model
             predicts them.
@@ -78,6 +79,7 @@ class Attack(ABC):
     """
 
     name: ClassVar[str] = "attack"
+    norms: ClassVar[frozenset[Norm]] = frozenset({Norm.LINF, Norm.L2})
 
     def __init__(
         self,
@@ -88,7 +90,7 @@ class Attack(ABC):
         seed: int = 0,
         eval_mode: bool = True,
     ) -> None:
-        self.norm = Norm.parse(norm)
+        self.norm = require_norm(self.name, norm, self.norms)
         self.bounds = check_bounds(bounds)
         self.targeted = check_bool("targeted", targeted)
         self.seed = check_positive_int("seed", seed, minimum=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -68,6 +69,8 @@ class CarliniWagnerL2(MinimumNormAttack):
 
     """
 
+    norms: ClassVar[frozenset[Norm]] = frozenset({Norm.L2})
+
     def __init__(
         self,
         norm: str | Norm = Norm.L2,
@@ -81,9 +84,12 @@ class CarliniWagnerL2(MinimumNormAttack):
         warm_start: bool = True,
         **kwargs,
     ) -> None:
+        if Norm.parse(norm) is not Norm.L2:
+            raise ValueError(
+                f"cw_l2 is an l2 attack, got norm={norm!r}; use fmn for a minimum-norm attack "
+                "in linf or l1 (pgd or apgd_ce for a fixed linf budget)"
+            )
         super().__init__(norm, **kwargs)
-        if self.norm is not Norm.L2:
-            raise ValueError(f"cw_l2 is an l2 attack, got norm={norm!r}; use pgd or apgd for linf")
         self.steps = check_positive_int("steps", steps)
         self.binary_search_steps = check_positive_int("binary_search_steps", binary_search_steps)
         self.initial_const = check_number("initial_const", initial_const, low_open=True)

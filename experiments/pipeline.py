@@ -333,6 +333,7 @@ def evaluate(
             progress=cfg.progress,
             state_dir=Path(cfg.eval.state_dir) / norm if cfg.eval.get("state_dir") else None,
             reference=reference_of(cfg, norm),
+            strategy=cfg.eval.get("strategy", "auto"),
             headline_eps=headline_eps(cfg, norm),
         )
     _tag_active_run(reference_tags(curves))

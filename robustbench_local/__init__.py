@@ -28,6 +28,8 @@ _EXPORTS = {
     "weights_digest": "models",
     "robustness_curve": "evaluate",
     "Curve": "curve",
+    "CurveStrategy": "strategies",
+    "get_strategy": "strategies",
     "benchmark": "benchmark",
     "standard_suite": "reference",
     "SUITE_VERSION": "reference",

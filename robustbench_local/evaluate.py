@@ -74,6 +74,7 @@ from robustbench_local.state import (
     resume_flag,
     run_plan,
 )
+from robustbench_local.strategies import CurveStrategy, get_strategy
 
 logger = logging.getLogger(__name__)
 FIRST_SAMPLES = 128
@@ -204,6 +205,7 @@ class _Plan:
     reference: ReferenceSetting
     reference_model: nn.Module
     reference_target: str
+    strategy: CurveStrategy
 
     @property
     def labels(self) -> list[str]:
@@ -214,7 +216,8 @@ class _Plan:
 
     def configs(self) -> dict[str, Any]:
         """Every row's attack configuration (the reference's included)."""
-        out: dict[str, Any] = {r.label: r.attack.config() for r in self.runs}
+        how = self.strategy.config()
+        out: dict[str, Any] = {r.label: {**r.attack.config(), "strategy": how} for r in self.runs}
         if self.reference.suite is not None and self.reference.label is not None:
             out[self.reference.label] = self.reference.config
         return out
@@ -237,6 +240,7 @@ def robustness_curve(
     reference: ReferenceArg = "auto",
     headline_eps: float | None = None,
     state_dir: str | os.PathLike[str] | None = None,
+    strategy: str | CurveStrategy = "auto",
 ) -> Curve:
     """Evaluate robust accuracy over an eps grid for each attack and their worst case.
 
@@ -255,6 +259,8 @@ def robustness_curve(
         checks: Run the preflight (before attacking) and gradient-masking checks (after).
         progress: Show a progress bar.
         check_kwargs: Extra keyword arguments for ``checks.masking_checks``.
+        strategy: How each attack covers the grid (:mod:`robustbench_local.strategies`):
+            ``"auto"``, ``"nested"``, ``"descent"`` or a ``CurveStrategy``.
         reference: ``"auto"`` (default): the reference suite, at its full budgets, on the
             samples every run left standing at the headline eps; ``"all"``: at every eps;
             ``False``: none (the health says so); an Attack (e.g. a reduced
@@ -280,6 +286,7 @@ def robustness_curve(
             another evaluation.
     """
     grid = _validate_grid(eps)
+    sweep = get_strategy(strategy)
     attack_map = resolve_attacks(attacks, seed)
     check_positive_int("batch_size", batch_size)
     indices = _select_samples(data, n_examples, seed)
@@ -290,7 +297,7 @@ def robustness_curve(
     first = _load_batch(data, indices[:FIRST_SAMPLES], dev)[:2]
     x0, y0 = (t[:MASKING_SAMPLES] for t in first)
     health = distributed.decide_once(_preflight, model, *first, attack_map) if checks else []
-    plan = _plan(model, attack_map, adaptive, setting, x0, y0)
+    plan = _plan(model, attack_map, adaptive, setting, x0, y0, sweep)
     store = _open_state(state_dir, world, model, data, indices, first, grid, plan, seed)
     batches = plan_batches(*world.shard(len(indices)), batch_size, store)
     with _progress_bar(batches, plan.labels, progress and world.is_main) as bar:
@@ -318,13 +325,14 @@ def _plan(
     setting: ReferenceSetting,
     x: Tensor,
     y: Tensor,
+    strategy: CurveStrategy,
 ) -> _Plan:
     """Probe the gradients on the first samples (once, on rank 0) and plan the rows."""
     report = distributed.decide_once(gradient_probe, model, x, y)
     logger.debug("gradient probe: %s", report)
     runs = plan_runs(model, attack_map, adaptive, report)
     ref_model, target = reference_model(model, adaptive, report)
-    return _Plan(runs, setting, ref_model, target)
+    return _Plan(runs, setting, ref_model, target, strategy)
 
 
 def _open_state(
@@ -381,7 +389,7 @@ def _attack_batch(
     x, y, ids = _load_batch(data, indices[lo:hi], device)
     torch.manual_seed(key_words(seed, ("batch", lo))[0])
     tally = _Tally.start(plan.labels)
-    _evaluate_batch(model, plan.runs, x, y, ids, grid, tally, bar)
+    _evaluate_batch(model, plan.runs, x, y, ids, grid, tally, bar, plan.strategy)
     _reference_batch(plan, x, y, ids, grid, tally, bar)
     return tally.batch(lo, hi)
 
@@ -425,13 +433,14 @@ def _evaluate_batch(
     grid: list[float],
     tally: _Tally,
     bar: tqdm,
+    sweep: CurveStrategy | str = "auto",
 ) -> None:
     """Clean correctness and every run's attack over the whole grid on one batch."""
     with atk_lib.model_guard(model, eval_mode=True), torch.no_grad():
         tally.clean.append((model(x).argmax(1) == y).cpu())
     for run in runs:
         bar.set_postfix_str(run.label)
-        tally.add(run.label, run.attack(run.model, x, y, eps=grid, ids=ids))
+        tally.add(run.label, get_strategy(sweep)(run.attack, run.model, x, y, grid, ids))
         bar.update()
 
 

@@ -40,7 +40,7 @@ from attacks.base import AttackContext
 from attacks.losses import dlr
 from attacks.restarts import run_restarts
 from attacks.validation import check_positive_int
-from robustbench_local.card import check_threat_model
+from robustbench_local.card import THREAT_MODELS, check_threat_model
 
 logger = logging.getLogger(__name__)
 
@@ -348,6 +348,9 @@ def resolve_reference(
             )
     elif reference is True or reference in REFERENCE_MODES:
         mode = "auto" if reference is True else str(reference)
+        if first.norm.value not in THREAT_MODELS:
+            logger.warning(NO_SUITE, first.norm.value)
+            return ReferenceSetting(None, "off")
         suite = standard_suite(first.norm.value, seed=seed, bounds=first.bounds)
     else:
         raise ValueError(
@@ -365,6 +368,11 @@ def resolve_reference(
 
 
 _SETTING_KEYS = tuple(DEFAULT_BUDGETS)
+NO_SUITE = (
+    "there is no standard reference suite for %s (AutoAttack's needs l1-APGD); the curve runs "
+    "without one: pass reference=<an Attack> (e.g. attacks.create('alma', norm='l1')) to check "
+    "the chosen attacks against it"
+)
 
 
 def reference_from_config(

@@ -2,7 +2,9 @@
 
 :func:`preflight` (:mod:`.preflight`) runs before any attack and catches what makes an
 evaluation meaningless or unreliable; :func:`masking_checks` (:mod:`.masking`) runs after a
-robustness curve and automates the gradient-masking checklist of Carlini et al. (2019). Every
+robustness curve and automates the gradient-masking checklist of Carlini et al. (2019);
+:func:`gradient_probe` (:mod:`.gradients`) tells whether input gradients are informative at all
+(zero, saturated, NaN, hidden rounding, randomness), for the evaluation's fallbacks. Every
 check registers once in :data:`CHECKS` (:mod:`.registry`) with its kinds; the flag-name tuples
 below are derived from it.
 
@@ -17,6 +19,7 @@ References:
 
 from __future__ import annotations
 
+from robustbench_local.checks.gradients import GradientReport, gradient_probe
 from robustbench_local.checks.masking import (
     MaskingContext,
     check_apgd_vs_pgd,
@@ -57,6 +60,7 @@ __all__ = [
     "NONDETERMINISM_FLAGS",
     "PREFLIGHT_FLAGS",
     "Flag",
+    "GradientReport",
     "MaskingContext",
     "Probe",
     "check_apgd_vs_pgd",
@@ -72,6 +76,7 @@ __all__ = [
     "check_more_steps_stable",
     "check_names",
     "check_near_chance_at_large_eps",
+    "gradient_probe",
     "input_gradients",
     "masking_checks",
     "preflight",

@@ -31,6 +31,7 @@ from torch.nn import functional as F
 
 import attacks as atk_lib
 from attacks.losses import cw_margin
+from robustbench_local.checks.gradients import MAX_FRACTION, GradientReport, gradient_probe
 from robustbench_local.checks.registry import CHECKS, check_names, register_check
 from robustbench_local.curve import Curve
 from robustbench_local.health import ADAPTIVE_SUFFIX, Flag, failed, passed
@@ -88,8 +89,15 @@ class MaskingContext:
         return next(iter(self.attack_map.values()))
 
     def make(self, name: str, **kw: Any) -> atk_lib.Attack:
-        """A registered attack on the norm, bounds and seed of the curve's first attack."""
+        """A registered attack on the norm, bounds and seed of the curve's first attack.
+
+        Raises:
+            CheckUnavailableError: The attack does not support the curve's norm (e.g. PGD and l1).
+        """
         ref = self.reference
+        norms = getattr(atk_lib.ATTACKS.get(name), "norms", frozenset({ref.norm}))
+        if ref.norm not in norms:
+            raise CheckUnavailableError(f"it needs {name}, which has no {ref.norm.value} version")
         return atk_lib.create(name, norm=ref.norm, bounds=ref.bounds, seed=ref.seed, **kw)
 
     @classmethod
@@ -339,50 +347,67 @@ def input_gradients(model: nn.Module, x: Tensor, y: Tensor, loss: str = "ce") ->
     return torch.zeros_like(x) if grad is None else grad.detach()
 
 
-def _bad_gradient_fraction(
-    model: nn.Module, x: Tensor, y: Tensor, loss: str
-) -> tuple[float, float]:
-    """Fractions of samples with an all-zero input gradient and with a NaN/inf one."""
-    g = input_gradients(model, x, y, loss).flatten(1)
-    nonfinite = ~torch.isfinite(g).all(dim=1)
-    zero = (g == 0).all(dim=1)
-    return float(zero.float().mean()), float(nonfinite.float().mean())
-
-
 @register_check("gradients_nonzero", "masking")
-def check_gradients_nonzero(ctx: MaskingContext, max_fraction: float = 0.1) -> Flag:
-    """At most ``max_fraction`` of the samples may have a zero or NaN input gradient."""
+def check_gradients_nonzero(ctx: MaskingContext, max_fraction: float = MAX_FRACTION) -> Flag:
+    """At most ``max_fraction`` of the samples may have a zero or NaN input gradient.
+
+    The gradients are judged on the model the headline attacks attack: the BPDA/EOT wrapper
+    where the model declares a non-differentiable or random forward pass and the curve has
+    ``+adaptive`` runs (the model as given then has zero gradients by declaration; that is
+    reported in the details, not flagged), else the model as given. A model that hides a
+    rounding step in its own ``forward`` without declaring it is judged as given, and flagged.
+    """
     name = "gradients_nonzero"
-    zero, nonfinite = _bad_gradient_fraction(ctx.model, ctx.x, ctx.y, "ce")
-    details: dict[str, Any] = {"zero": zero, "nonfinite": nonfinite}
-    if zero <= max_fraction and nonfinite == 0:
-        return passed(name, f"input gradients are nonzero ({zero:.0%} zero)", **details)
-    message = (
-        f"{zero:.0%} of the samples have an all-zero and {nonfinite:.0%} a NaN/inf input "
-        "gradient of the cross-entropy"
+    report = gradient_probe(ctx.target, ctx.x, ctx.y, max_samples=ctx.n)
+    judged = (
+        "the BPDA/EOT model the '+adaptive' runs attack" if ctx.suffix else "the model as given"
     )
-    advice = "gradient-based attacks are blind here (gradient masking)"
-    if atk_lib.needs_adaptive(ctx.model):
-        ad_zero, ad_nan = _bad_gradient_fraction(
-            atk_lib.adaptive_model(ctx.model), ctx.x, ctx.y, "ce"
+    details: dict[str, Any] = {
+        "judged_on": "adaptive" if ctx.suffix else "model",
+        **{k: v for k, v in report.to_dict().items() if k not in ("max_fraction", "max_diff")},
+    }
+    note = ""
+    if ctx.suffix:
+        naive = gradient_probe(ctx.model, ctx.x, ctx.y, max_samples=ctx.n)
+        details |= {"naive_zero": naive.zero, "naive_nonfinite": naive.nonfinite}
+        note = (
+            f"; the model as given has {naive.zero:.0%} zero gradients, as its declared "
+            "non-differentiable or random forward pass implies"
         )
-        details |= {"adaptive_zero": ad_zero, "adaptive_nonfinite": ad_nan}
-        advice += (
-            f"; the model declares a non-differentiable or random forward pass and its BPDA/EOT "
-            f"version has {ad_zero:.0%} zero gradients: trust the '+adaptive' rows, not the naive"
+    if report.zero <= max_fraction and report.nonfinite == 0:
+        message = f"input gradients of {judged} are nonzero ({report.zero:.0%} zero){note}"
+        return passed(name, message, **details)
+    message = (
+        f"{report.zero:.0%} of the samples have an all-zero and {report.nonfinite:.0%} a NaN/inf "
+        f"input gradient of the cross-entropy on {judged}"
+    )
+    return failed(name, "warning", message, _gradient_advice(ctx, report), **details)
+
+
+def _gradient_advice(ctx: MaskingContext, report: GradientReport) -> str:
+    """What to do about masked gradients, from what the probe found."""
+    advice = ["gradient-based attacks are blind here (gradient masking)"]
+    if report.saturated > 0:
+        advice.append(
+            f"the softmax saturates on {report.saturated:.0%} of the samples and the CW margin "
+            "loss still has gradients there: attack with loss='cw' (or the reference suite's "
+            "APGD-DLR, which is scale-invariant)"
         )
-    else:
-        cw_zero, _ = _bad_gradient_fraction(ctx.model, ctx.x, ctx.y, "cw")
-        details["cw_zero"] = cw_zero
-        if cw_zero < zero:
-            advice += (
-                f"; the CW margin loss has {cw_zero:.0%} zero gradients: attack with loss='cw'"
-            )
-        advice += (
-            "; if a layer is non-differentiable (rounding, quantisation, JPEG), wrap it as a "
-            "defenses.Preprocessed model with differentiable=False so BPDA is used"
+    if report.hidden_ops:
+        advice.append(
+            f"the model's forward calls {', '.join(report.hidden_ops)} on the input, which has no "
+            "useful gradient: attack attacks.straight_through_model(model) (straight-through "
+            "gradients for those ops), or declare the step (a defenses.Preprocessed model with "
+            "differentiable=False) so BPDA is used"
         )
-    return failed(name, "warning", message, advice, **details)
+    if atk_lib.needs_adaptive(ctx.model) and not ctx.suffix:
+        advice.append(
+            "the model declares a non-differentiable or random forward pass: evaluate with "
+            "adaptive='auto' and trust the '+adaptive' rows"
+        )
+    if not report.saturated and not report.hidden_ops:
+        advice.append("check with a gradient-free attack (square) and with BPDA/EOT")
+    return "; ".join(advice)
 
 
 def _eps_points(n_eps: int, count: int) -> list[int]:
@@ -410,8 +435,9 @@ def masking_checks(
     ``x`` and ``y`` must be the first samples of the curve, in the curve's order (what
     ``robustness_curve`` passes), so the curve's per-sample results can be reused. Where the
     model's forward pass is non-differentiable or random and the curve has ``+adaptive`` runs,
-    the attack comparisons use those (the headline); ``gradients_nonzero`` always looks at the
-    model as given, so a masking defense is flagged.
+    the attack comparisons use those (the headline), and ``gradients_nonzero`` judges the
+    gradients of that BPDA/EOT model (a declared defense attacked with BPDA is not flagged for
+    the zero gradients it declares); an undeclared masking model is judged, and flagged, as given.
 
     Args:
         curve: The curve.
@@ -445,9 +471,16 @@ def masking_checks(
     return [_run(name, ctx, (options or {}).get(name, {})) for name in names if name not in skip]
 
 
+class CheckUnavailableError(ValueError):
+    """A masking check cannot run on this curve (no attack of its kind for the curve's norm)."""
+
+
 def _run(name: str, ctx: MaskingContext, options: Mapping[str, Any]) -> Flag:
     """Run one registered masking check with its options; log a failure."""
-    flag = CHECKS.get(name)(ctx, **dict(options))
+    try:
+        flag = CHECKS.get(name)(ctx, **dict(options))
+    except CheckUnavailableError as err:
+        return failed(name, "info", f"not run on this curve: {err}", "nothing to do")
     if not flag.ok:
         logger.warning("%s", flag)
     return flag

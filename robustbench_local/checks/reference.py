@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from robustbench_local.card import THREAT_MODELS
 from robustbench_local.checks.registry import KINDS, register_check
 from robustbench_local.curve import Curve
 from robustbench_local.health import Flag, failed, passed
@@ -43,6 +44,14 @@ def check_weaker_than_reference(curve: Curve, min_gap: float = MIN_GAP, z: float
     """
     name = WEAKER_THAN_REFERENCE
     ref = curve.reference
+    if (ref is None or ref.mode == "off") and curve.norm not in THREAT_MODELS:
+        return failed(
+            name,
+            "info",
+            f"no reference was run: there is no standard reference suite for {curve.norm}, so "
+            "the chosen attacks' numbers are not checked against one",
+            "pass reference=<an Attack on this norm> (e.g. attacks.create('alma', norm='l1'))",
+        )
     if ref is None or ref.mode == "off":
         return failed(
             name,

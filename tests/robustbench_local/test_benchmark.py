@@ -115,11 +115,13 @@ def test_suite_is_at_least_as_strong_as_pgd(card, zoo_model):
     assert card.robust_acc <= 100 * float(curve.accuracy("pgd")[0]) + 2.5
 
 
-def test_benchmark_of_a_denoiser_is_adaptive_and_flags_masking(zoo_model):
+def test_benchmark_of_a_denoiser_is_adaptive_and_judged_on_the_bpda_model(zoo_model):
+    # bit_depth declares differentiable=False: it is attacked through BPDA, whose gradients are
+    # not zero, so the masking check must not cry wolf (the naive gradients are, and are noted)
     guarded = defenses.create("bit_depth", bits=2).wrap(zoo_model)
     c = benchmark(guarded, **(FAST | {"n_examples": 50}))
     assert c.adaptive
-    assert "gradients_nonzero" in c.failed_checks
+    assert "gradients_nonzero" not in c.failed_checks
 
 
 def run_cli(*args, cwd):

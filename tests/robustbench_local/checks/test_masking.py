@@ -49,13 +49,61 @@ def test_undefended_model_passes_every_masking_check(digits_model, digits_batch)
     assert [Flag.from_dict(json.loads(json.dumps(h.to_dict()))) for h in c.health] == c.health
 
 
-def test_non_differentiable_denoiser_flags_gradient_masking(digits_model, digits_batch):
-    guarded = defenses.create("bit_depth", bits=2).wrap(digits_model)
+def test_declared_denoiser_attacked_with_bpda_is_not_flagged(digits_model, digits_batch):
+    """bit_depth declares its zero gradients; the '+adaptive' (BPDA) runs have real ones."""
+    guarded = defenses.create("bit_depth", bits=1).wrap(digits_model)
     c = curve_of(guarded, digits_batch, names=("pgd",), n_examples=100)
     f = by_name(c.health)["gradients_nonzero"]
-    assert not f.ok and f.severity == "warning"
-    assert f.details["zero"] > 0.9 and f.details["adaptive_zero"] < 0.1
-    assert "+adaptive" in f.advice
+    assert f.ok, f
+    assert f.details["judged_on"] == "adaptive" and f.details["zero"] < 0.1
+    assert f.details["naive_zero"] > 0.9 and "declared" in f.message
+    # ...and BPDA is what breaks it: the naive PGD is blind, the adaptive one is not.
+    assert c.accuracy("pgd")[-1] > c.accuracy("pgd+adaptive")[-1] + 0.3
+
+
+def test_declared_denoiser_without_adaptive_runs_is_flagged(digits_model, digits_batch):
+    guarded = defenses.create("bit_depth", bits=2).wrap(digits_model)
+    c = curve_of(guarded, digits_batch, names=("pgd",), n_examples=100, adaptive=False)
+    f = by_name(c.health)["gradients_nonzero"]
+    assert not f.ok and f.severity == "warning" and f.details["judged_on"] == "model"
+    assert f.details["zero"] > 0.9 and "adaptive='auto'" in f.advice
+
+
+class Rounded(nn.Module):
+    """Rounds its input inside forward, declaring nothing (a hidden non-differentiable step)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(torch.round(x * 3) / 3)
+
+
+class Noisy(nn.Module):
+    """Gaussian input noise at inference, declaring nothing."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x + 0.2 * torch.randn_like(x))
+
+
+def test_undeclared_rounding_is_flagged_with_straight_through_advice(digits_model, digits_batch):
+    c = curve_of(Rounded(digits_model), digits_batch, names=("pgd",), n_examples=100)
+    f = by_name(c.health)["gradients_nonzero"]
+    assert not f.ok and f.details["hidden_ops"] == ["round"] and f.details["zero"] > 0.9
+    assert "straight_through_model" in f.advice
+
+
+def test_undeclared_noise_is_flagged(digits_model, digits_batch):
+    torch.manual_seed(0)
+    c = curve_of(Noisy(digits_model), digits_batch, names=("pgd",), n_examples=100)
+    flags = by_name(c.health)
+    assert not flags["deterministic"].ok
+    assert flags["gradients_nonzero"].details["random"]
 
 
 def test_saturated_softmax_flags_zero_gradients_and_suggests_cw(digits_model, digits_batch):
