@@ -18,6 +18,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e ".[dev,bench]"
+	# adv-lib (the minimum-norm oracle) pins old dependencies: installed without them
+	$(PIP) install -q --no-deps adv-lib==0.2.8
 	touch $@
 
 test: install
