@@ -144,20 +144,30 @@ def apply_slurm_environment(env: MutableMapping[str, str] | None = None) -> dict
 # ------------------------------------------------------------------------ the process group
 
 
-def resolve_backend(backend: str) -> str:
-    """``"auto"`` -> ``"nccl"`` with CUDA, else ``"gloo"``; ``"gloo"``/``"nccl"`` are checked.
+def resolve_backend(backend: str = "auto", device: torch.device | str | None = None) -> str:
+    """The backend to initialise: ``"auto"`` is NCCL for CUDA, else gloo.
+
+    Args:
+        backend: ``"auto"``, ``"gloo"`` or ``"nccl"``.
+        device: The device the process computes on; with ``"auto"``, NCCL only for a CUDA
+            device (default: whether CUDA is available).
 
     Raises:
-        ValueError: An unknown backend, or NCCL without CUDA.
+        ValueError: An unknown backend, or NCCL where CUDA is not available.
     """
     if backend not in BACKENDS:
-        raise ValueError(f"unknown distributed backend {backend!r}; use one of {BACKENDS}")
-    if backend == "auto":
-        return "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl" and not torch.cuda.is_available():
         raise ValueError(
-            "backend='nccl' needs CUDA GPUs but torch.cuda.is_available() is False here; use "
-            "backend='gloo' (or 'auto') on CPU"
+            f"unknown distributed backend {backend!r}; use one of {', '.join(BACKENDS)}"
+        )
+    if backend == "auto":
+        cuda = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
+        backend = "nccl" if cuda and torch.cuda.is_available() else "gloo"
+    if backend == "nccl" and not (torch.cuda.is_available() and dist.is_nccl_available()):
+        raise ValueError(
+            "backend 'nccl' needs CUDA GPUs and a CUDA build of PyTorch, but this process has "
+            f"none (torch {torch.__version__}, torch.cuda.is_available()="
+            f"{torch.cuda.is_available()}); use backend='gloo' for CPU processes (or 'auto'), or "
+            "run on GPU nodes"
         )
     return backend
 

@@ -45,9 +45,19 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from defenses.distributed import (
+    BACKENDS,
+    barrier,
+    broadcast_object,
+    gather_objects,
+    is_main,
+    rank,
+    resolve_backend,
+    world_size,
+)
+
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-BACKENDS = ("auto", "gloo", "nccl")
 _TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -87,21 +97,6 @@ def world() -> World:
     return World()
 
 
-def rank() -> int:
-    """The rank of this process (0 without a process group)."""
-    return world().rank
-
-
-def world_size() -> int:
-    """The number of processes (1 without a process group)."""
-    return world().size
-
-
-def is_main() -> bool:
-    """True on rank 0 and in a plain single process."""
-    return world().is_main
-
-
 def shard_bounds(n: int, rank: int, size: int) -> tuple[int, int]:
     """The contiguous slice ``[lo, hi)`` of ``n`` items that ``rank`` of ``size`` processes takes.
 
@@ -121,27 +116,6 @@ def shard_bounds(n: int, rank: int, size: int) -> tuple[int, int]:
 def _under_torchrun() -> bool:
     """True when the environment describes a multi-process job (torchrun, SLURM helpers)."""
     return all(k in os.environ for k in _TORCHRUN_ENV) and int(os.environ["WORLD_SIZE"]) > 1
-
-
-def resolve_backend(backend: str = "auto", device: torch.device | str | None = None) -> str:
-    """The backend to initialise: ``"auto"`` is NCCL for a CUDA device, else gloo.
-
-    Raises:
-        ValueError: An unknown backend, or NCCL requested where CUDA is not available.
-    """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
-    if backend == "auto":
-        cuda = device is not None and torch.device(device).type == "cuda"
-        backend = "nccl" if cuda and torch.cuda.is_available() else "gloo"
-    if backend == "nccl" and not (torch.cuda.is_available() and dist.is_nccl_available()):
-        raise ValueError(
-            "backend 'nccl' needs CUDA GPUs and a CUDA build of PyTorch, but this process has "
-            f"none (torch {torch.__version__}, torch.cuda.is_available()="
-            f"{torch.cuda.is_available()}); use backend='gloo' for CPU processes, or run on GPU "
-            "nodes"
-        )
-    return backend
 
 
 def init_distributed(
@@ -195,28 +169,6 @@ def setup(device: torch.device | str | None = None) -> World:
     if dist.is_available() and not dist.is_initialized() and _under_torchrun():
         return init_distributed("auto", device=device)
     return world()
-
-
-def gather_objects(obj: T) -> list[T]:
-    """Every rank's ``obj`` (picklable) in rank order, on every rank (``[obj]`` alone).
-
-    Under NCCL the current CUDA device must be this rank's (:func:`init_distributed` sets it).
-    """
-    here = world()
-    if not here.distributed:
-        return [obj]
-    out: list[Any] = [None] * here.size
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def broadcast_object(obj: T, src: int = 0) -> T:
-    """Rank ``src``'s ``obj`` on every rank (``obj`` itself without a process group)."""
-    if not world().distributed:
-        return obj
-    box: list[Any] = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
 
 
 def _comm_device() -> torch.device:
@@ -301,12 +253,6 @@ def check_same(what: str, value: Any) -> None:
             "evaluate the same model on the same data with the same settings (load the same "
             "checkpoint and seed on every rank)"
         )
-
-
-def barrier() -> None:
-    """Wait for every rank (nothing without a process group)."""
-    if world().distributed:
-        dist.barrier()
 
 
 __all__ = [

@@ -67,7 +67,9 @@ def test_auto_backend_follows_the_device(monkeypatch):
     assert rdist.resolve_backend("auto", "cpu") == "gloo"
     assert rdist.resolve_backend("auto", "cuda") == "gloo"  # no CUDA here: gloo
     assert rdist.resolve_backend("gloo", None) == "gloo"
-    with pytest.raises(ValueError, match="unknown backend 'mpi'; use one of auto, gloo, nccl"):
+    with pytest.raises(
+        ValueError, match="unknown distributed backend 'mpi'; use one of auto, gloo, nccl"
+    ):
         rdist.resolve_backend("mpi")
 
 
