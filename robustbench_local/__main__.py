@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from robustbench_local import distributed
 from robustbench_local.benchmark import benchmark
 from robustbench_local.card import THREAT_MODELS
 from robustbench_local.leaderboard import (
@@ -108,6 +109,8 @@ def _benchmark(args: argparse.Namespace) -> int:
         square_queries=args.square_queries,
         progress=args.verbose,
     )
+    if not distributed.is_main():  # under torchrun every rank has the same card; rank 0 writes
+        return 0
     out = card.save(args.out or default_leaderboard_dir())
     print(summary(card))
     print(f"wrote {out}")

@@ -164,8 +164,12 @@ class GateSession:
         self._write_outputs(session)
 
     def _write_outputs(self, session: pytest.Session) -> None:
+        from robustbench_local import distributed
         from robustbench_local.gates.baseline import save_baseline
         from robustbench_local.gates.report import write_report
+
+        if not distributed.is_main():  # sharded gates: every rank has the results, rank 0 writes
+            return
 
         outputs: list[tuple[str, str, Callable[[Path], Path]]] = [
             ("save_baseline", "baseline saved to", lambda p: save_baseline(p, self.results)),
