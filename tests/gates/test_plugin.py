@@ -13,7 +13,7 @@ from robustbench_local.gates import GateSpec, run_gate, sample_list_hash, wilson
 pytest_plugins = ["pytester"]
 
 # A small, fast gate on scikit-learn digits: PGD-10 on 200 test samples of an MLP, with a
-# reduced reference suite (the full one runs in the repository's own gates).
+# reduced reference suite (the full one runs in the repository's own PGD gate).
 QUICK_REFERENCE = {"steps": 10, "n_target_classes": 2, "square_queries": 50, "eot_samples": 2}
 GATE = {
     "attack": "pgd",

@@ -35,7 +35,11 @@ def test_honest_models_raise_no_masking_warning(name, mnist):
     torch.manual_seed(0)
     d = defenses.create(name, progress=False, seed=0, epochs=epochs)
     model = d.fit(rbl.create_model("mnist_small_cnn"), Subset(train, list(range(n_train))))
-    curve = rbl.robustness_curve(model, test, ["fgsm", "pgd"], eps, n_examples=N, progress=False)
+    # a reduced reference keeps the test short; the strong suite below is the precondition check
+    quick = standard_suite("linf", n_target_classes=3, square_queries=500)
+    curve = rbl.robustness_curve(
+        model, test, ["fgsm", "pgd"], eps, n_examples=N, progress=False, reference=quick
+    )
     x, y = (t[curve.indices] for t in test.tensors)
     strong = standard_suite("linf", steps=50)(model, x, y, eps=eps[-1], ids=curve.indices)
     # Precondition: the strong suite agrees with the chosen attacks (else a warning is right).
