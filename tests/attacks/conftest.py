@@ -7,6 +7,20 @@ import torch
 from torch import nn
 
 
+def art_classifier(model: nn.Module, input_shape: tuple[int, ...] = (1, 8, 8)):
+    """ART's PyTorchClassifier around ``model`` (10 classes, inputs in [0, 1], CPU)."""
+    import art.estimators.classification as art_classification
+
+    return art_classification.PyTorchClassifier(
+        model=model,
+        loss=nn.CrossEntropyLoss(),
+        input_shape=input_shape,
+        nb_classes=10,
+        clip_values=(0.0, 1.0),
+        device_type="cpu",
+    )
+
+
 @pytest.fixture(scope="session")
 def mnist_cnn(mnist_dir):
     """A tiny CNN trained on 5000 MNIST images (a couple of seconds) and 300 test images."""

@@ -8,30 +8,19 @@ random start, binary search steps, learning rate and initial constant.
 from __future__ import annotations
 
 import art.attacks.evasion as art_evasion
-import art.estimators.classification as art_classification
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import attacks
+
+from .conftest import art_classifier
 
 
 @pytest.fixture(scope="module")
 def held_out(digits) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = digits
     return x[1200:1500].clone(), y[1200:1500].clone()
-
-
-def art_classifier(model: nn.Module):
-    return art_classification.PyTorchClassifier(
-        model=model,
-        loss=nn.CrossEntropyLoss(),
-        input_shape=(1, 8, 8),
-        nb_classes=10,
-        clip_values=(0.0, 1.0),
-        device_type="cpu",
-    )
 
 
 @pytest.mark.slow

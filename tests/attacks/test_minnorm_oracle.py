@@ -19,13 +19,14 @@ import sys
 import types
 
 import art.attacks.evasion as art_evasion
-import art.estimators.classification as art_classification
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import attacks
+
+from .conftest import art_classifier
 
 
 def _norms(x_adv: torch.Tensor, x: torch.Tensor, fooled: torch.Tensor, p: float) -> torch.Tensor:
@@ -43,17 +44,6 @@ def correct(digits, digits_model) -> tuple[torch.Tensor, torch.Tensor]:
     return x[keep], y[keep]
 
 
-def _art(model: nn.Module):
-    return art_classification.PyTorchClassifier(
-        model=model,
-        loss=nn.CrossEntropyLoss(),
-        input_shape=(1, 8, 8),
-        nb_classes=10,
-        clip_values=(0.0, 1.0),
-        device_type="cpu",
-    )
-
-
 def _fooled(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return model(x_adv).argmax(1) != y
@@ -62,7 +52,7 @@ def _fooled(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> torch.Ten
 @pytest.mark.slow
 def test_l2_attacks_not_weaker_than_art_deepfool(digits_model, correct):
     x, y = correct
-    deepfool = art_evasion.DeepFool(_art(digits_model), batch_size=len(y), verbose=False)
+    deepfool = art_evasion.DeepFool(art_classifier(digits_model), batch_size=len(y), verbose=False)
     x_df = torch.as_tensor(deepfool.generate(x.numpy()))
     df = _norms(x_df, x, _fooled(digits_model, x_df, y), 2)
     assert float(df.isfinite().float().mean()) > 0.95  # DeepFool works here: a real oracle
@@ -77,7 +67,7 @@ def test_l1_fmn_not_weaker_than_art_elastic_net(digits_model, correct):
     x, y = correct
     x, y = x[:60], y[:60]
     ead = art_evasion.ElasticNet(
-        _art(digits_model),
+        art_classifier(digits_model),
         max_iter=50,
         binary_search_steps=5,
         beta=0.01,
