@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
@@ -53,6 +54,18 @@ def penalty_p2(c: Tensor, rho: Tensor, mu: Tensor) -> tuple[Tensor, Tensor]:
     return value, slope
 
 
+def _learning_rates(value: float | Sequence[float]) -> tuple[float, ...]:
+    """ALMA's ``lr_init`` as a non-empty tuple of positive numbers.
+
+    Raises:
+        ValueError: An empty sequence or a value that is not a positive number.
+    """
+    rates = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+    if not rates:
+        raise ValueError("lr_init needs at least one learning rate")
+    return tuple(check_number("lr_init", r, low_open=True) for r in rates)
+
+
 @register_attack("alma")
 class ALMA(MinimumNormAttack):
     r"""ALMA: the smallest distance subject to "misclassified", by an augmented Lagrangian.
@@ -77,7 +90,11 @@ class ALMA(MinimumNormAttack):
     Args:
         norm: ``"l2"`` (default) or ``"l1"``: the distance minimised.
         steps: Forward+backward passes (default 1000).
-        lr_init: Initial learning rate (default 0.1).
+        lr_init: Initial learning rate (default 0.1), or several: ALMA then runs once per
+            value from ``x``, the ``steps`` split evenly between the runs, and keeps each
+            sample's smallest norm. Runs with different rates end in different local optima:
+            on an adversarially trained MNIST CNN, ``(0.1, 0.5)`` at 500 steps each finds a
+            7% smaller median l2 norm than one run of 1000 steps (``benchmarks/minnorm.py``).
         lr_reduction: Total decay of the learning rate (default 0.01).
         mu_init: Initial Lagrange multiplier (default 1).
         rho_init: Initial penalty parameter (default 1).
@@ -109,7 +126,7 @@ class ALMA(MinimumNormAttack):
         norm: str | Norm = Norm.L2,
         *,
         steps: int = 1000,
-        lr_init: float = 0.1,
+        lr_init: float | Sequence[float] = 0.1,
         lr_reduction: float = 0.01,
         mu_init: float = 1.0,
         rho_init: float = 1.0,
@@ -122,7 +139,10 @@ class ALMA(MinimumNormAttack):
     ) -> None:
         super().__init__(norm, **kwargs)
         self.steps = check_positive_int("steps", steps)
-        self.lr_init = check_number("lr_init", lr_init, low_open=True)
+        rates = _learning_rates(lr_init)
+        if self.steps < len(rates):
+            raise ValueError(f"steps={self.steps} cannot be split between {len(rates)} runs")
+        self.lr_init: float | tuple[float, ...] = rates if len(rates) > 1 else rates[0]
         self.lr_reduction = check_number("lr_reduction", lr_reduction, low_open=True, high=1.0)
         self.mu_init = check_number("mu_init", mu_init, low_open=True)
         self.rho_init = check_number("rho_init", rho_init, low_open=True)
@@ -133,8 +153,22 @@ class ALMA(MinimumNormAttack):
         self.logit_tolerance = check_number("logit_tolerance", logit_tolerance)
 
     def run(self, ctx: AttackContext, x: Tensor, y: Tensor) -> Tensor:
-        """Run ALMA on every sample; return each one's smallest adversarial iterate (else x)."""
-        n, steps, bounds = x.shape[0], self.steps, ctx.bounds
+        """One ALMA run per learning rate; each sample's smallest adversarial iterate (else x)."""
+        rates = self.lr_init if isinstance(self.lr_init, tuple) else (self.lr_init,)
+        best, best_norm = x, torch.full((x.shape[0],), math.inf, dtype=x.dtype, device=x.device)
+        for k, lr in enumerate(rates):
+            steps = self.steps // len(rates) + int(k < self.steps % len(rates))
+            adv, size = self._single_run(ctx, x, y, steps, lr)
+            better = size < best_norm
+            best = torch.where(rows_view(better, x), adv, best)
+            best_norm = torch.where(better, size, best_norm)
+        return best
+
+    def _single_run(
+        self, ctx: AttackContext, x: Tensor, y: Tensor, steps: int, lr_init: float
+    ) -> tuple[Tensor, Tensor]:
+        """One run of ``steps`` steps: the smallest adversarial iterates (else x), their norms."""
+        n, bounds = x.shape[0], ctx.bounds
         delta, square_avg, velocity = torch.zeros_like(x), torch.ones_like(x), torch.zeros_like(x)
         mu = torch.full((n,), self.mu_init, dtype=x.dtype, device=x.device)
         rho = torch.full_like(mu, self.rho_init)
@@ -170,12 +204,12 @@ class ALMA(MinimumNormAttack):
             if i > 0:
                 grad.add_(self._distance_grad(delta))
             since = (i - first_found).clamp(min=0) / (steps - first_found)
-            lr = self.lr_init * torch.exp(since * math.log(self.lr_reduction))  # not **: see below
+            lr = lr_init * torch.exp(since * math.log(self.lr_reduction))  # not **: see below
             square_avg.mul_(self.ema).addcmul_(grad, grad, value=1 - self.ema)
             velocity.mul_(self.ema).addcdiv_(grad, square_avg.sqrt().add_(_RMS_EPS))
             x_new = (x - velocity * rows_view(lr, x)).add_(delta).clamp_(*bounds)
             delta = x_new.sub_(x)
-        return best
+        return best, best_norm
 
     # ``r ** t`` with a tensor exponent rounds differently at different positions of the
     # tensor (by an ulp, in torch's CPU kernels), which 1000 RMSProp steps amplify: a

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -13,6 +14,7 @@ from attacks.base import AttackContext, FixedBudgetAttack, register_attack
 from attacks.losses import cross_entropy, dlr_targeted
 from attacks.restarts import BestOf, SingleRun, run_restarts
 from attacks.rng import Key, Stream
+from attacks.targets import check_target_order, rank_targets, without_default_order
 from attacks.threat import Norm, normalize_gradient, project_and_clip, random_start
 from attacks.validation import check_number, check_positive_int
 
@@ -55,7 +57,8 @@ class APGD(FixedBudgetAttack):
     momentum 0.75. At checkpoints ``w_j`` (the paper's schedule, see :func:`checkpoints`) its
     step size is halved and it restarts from its best point if fewer than ``rho`` of the
     steps since the last checkpoint raised the loss, or if neither the step size nor the best
-    loss changed since then. Samples stop as soon as they are misclassified.
+    loss changed since then. Samples stop as soon as they are misclassified, or when their
+    gradient is zero where they stand (at their best point): they could not move again.
 
     Threat model: linf or l2, fixed budget ``eps``.
 
@@ -144,7 +147,11 @@ class APGD(FixedBudgetAttack):
             fooled = ctx.success(logits, y[local])
             if bool(fooled.any()):
                 out[local[fooled]], hit[local[fooled]] = s.x_cur[fooled], True
-                keep = ~fooled
+            stuck = ~fooled & s.stuck()
+            if bool(stuck.any()):  # every later iteration would repeat this point
+                out[local[stuck]], out_loss[local[stuck]] = s.x_max[stuck], s.f_max[stuck]
+            if bool((fooled | stuck).any()):
+                keep = ~(fooled | stuck)
                 local = local[keep]
                 s.select(keep)
                 if local.numel() == 0:
@@ -179,6 +186,15 @@ class _State:
         self.f_max = torch.where(better, f, self.f_max)
         self.x_max = torch.where(_row(better, self.x), self.x_cur, self.x_max)
         self.g_max = torch.where(_row(better, self.x), grad, self.g_max)
+
+    def stuck(self) -> Tensor:
+        """``[n]``: zero gradient at ``x_cur``, which is also the previous and the best point.
+
+        Such a sample cannot move (the step and the momentum are zero, a restart from the best
+        point lands where it is), so for a deterministic model every later iteration repeats it.
+        """
+        same = (self.x_cur == self.x_prev) & (self.x_cur == self.x_max)
+        return (self.grad.flatten(1) == 0).all(1) & same.flatten(1).all(1)
 
     def select(self, keep: Tensor) -> None:
         """Drop the samples that are done."""
@@ -244,6 +260,9 @@ class APGDT(APGD):
         restarts: Random restarts per target class (default 1).
         rho: Step-size halving threshold (default 0.75).
         n_target_classes: Target classes tried (default 9; at most ``C - 1`` are used).
+        target_order: ``"logits"`` (default, AutoAttack's: by clean logit) or ``"linear"``
+            (by distance to the linearised boundary at the clean point, as MALT; one backward
+            pass per candidate class more). See :mod:`attacks.targets`.
         **kwargs: ``bounds``, ``targeted``, ``seed``, ``eval_mode`` (see :class:`Attack`).
 
     Example:
@@ -257,26 +276,35 @@ class APGDT(APGD):
     """
 
     def __init__(
-        self, norm: str | Norm = Norm.LINF, *, n_target_classes: int = 9, **kwargs
+        self,
+        norm: str | Norm = Norm.LINF,
+        *,
+        n_target_classes: int = 9,
+        target_order: str = "logits",
+        **kwargs,
     ) -> None:
         super().__init__(norm, **kwargs)
         self.n_target_classes = check_positive_int("n_target_classes", n_target_classes)
+        self.target_order = check_target_order(target_order)
 
     def run(self, ctx: AttackContext, x: Tensor, y: Tensor, eps: float) -> Tensor:
         """Loop over target classes and restarts, attacking only the samples still robust."""
         if ctx.targeted:
             targets = y.unsqueeze(1)
         else:
-            clean = ctx.logits(x).scatter(1, y.unsqueeze(1), -math.inf)
-            k = min(self.n_target_classes, clean.shape[1] - 1)
-            if k < self.n_target_classes:
+            targets = rank_targets(ctx, x, y, self.n_target_classes, self.target_order)
+            if targets.shape[1] < self.n_target_classes:
+                k = targets.shape[1]
                 logger.info("apgd_dlr: only %d other classes; using %d targets", k, k)
-            targets = clean.topk(k, dim=1).indices
         best = BestOf(x)
         for j in range(targets.shape[1]):
             loss = self._dlr_loss(ctx.targeted, y, targets[:, j])
             run_restarts(x, self.restarts, self._runner(ctx, x, y, eps, loss, ("dlr", j)), best)
         return best.x
+
+    def config(self) -> dict[str, Any]:
+        """The settings; ``target_order`` only when it is not the default."""
+        return without_default_order(super().config())
 
     @staticmethod
     def _dlr_loss(targeted: bool, y: Tensor, target: Tensor) -> RowLoss:

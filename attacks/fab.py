@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -13,6 +15,7 @@ from attacks.base import AttackContext, MinimumNormAttack, register_attack
 from attacks.fab_projections import project_to_hyperplane
 from attacks.losses import cw_margin
 from attacks.restarts import BestOf, SingleRun, run_restarts
+from attacks.targets import check_target_order, rank_targets, without_default_order
 from attacks.threat import Norm, norm_of
 from attacks.validation import check_number, check_positive_int
 
@@ -36,6 +39,43 @@ def _row(t: Tensor, ref: Tensor) -> Tensor:
     return t.view(-1, *([1] * (ref.dim() - 1)))
 
 
+class _Run:
+    """The state of one FAB run: the rows still iterating and every row's best example."""
+
+    def __init__(self, x: Tensor, start: Tensor) -> None:
+        n = x.shape[0]
+        self.adv = x.clone()
+        self.best_norm = torch.full((n,), math.inf, dtype=x.dtype, device=x.device)
+        self.live = torch.arange(n, device=x.device)  # rows of the run still iterating
+        self.x0, self.x1 = x, start.clone()  # clean points and iterates of the live rows
+
+    def record(self, hit: Tensor, norm: Norm, beta: float) -> None:
+        """Keep the smallest adversarial iterates ``hit`` (live rows); move those back.
+
+        An adversarial iterate ``x1`` moves to ``x + beta (x1 - x)``.
+        """
+        if not bool(hit.any()):
+            return
+        rows = self.live
+        size = norm_of(self.x1 - self.x0, norm)
+        better = hit & (size < self.best_norm[rows])
+        self.adv[rows] = torch.where(_row(better, self.x0), self.x1, self.adv[rows])
+        self.best_norm[rows] = torch.where(better, size, self.best_norm[rows])
+        back = self.x0 + beta * (self.x1 - self.x0)
+        self.x1 = torch.where(_row(hit, self.x0), back, self.x1)
+
+    def within(self, eps: float | None, everywhere: bool = False) -> Tensor:
+        """Live rows (every row with ``everywhere``) with an example of norm <= ``eps``."""
+        norms = self.best_norm if everywhere else self.best_norm[self.live]
+        if eps is None:
+            return torch.zeros_like(norms, dtype=torch.bool)
+        return norms <= eps
+
+    def select(self, keep: Tensor) -> None:
+        """Keep iterating only the live rows ``keep``."""
+        self.live, self.x0, self.x1 = self.live[keep], self.x0[keep], self.x1[keep]
+
+
 @register_attack("fab")
 class FAB(MinimumNormAttack):
     r"""FAB: the smallest perturbation that crosses the linearised decision boundary.
@@ -57,12 +97,15 @@ class FAB(MinimumNormAttack):
 
     Per iteration and sample: one forward pass with ``K`` backward passes (``K = C - 1``
     boundaries untargeted, 1 for FAB-T or a given target) and one forward pass to check the
-    new iterate; the final search costs ``2 + final_search_steps`` forward passes.
+    new iterate. A sample whose step leaves it in place (zero gradient at ``x``) stops, and
+    so, with an ``eps``, does one with an adversarial example within it.
+    The final search costs ``2 + final_search_steps`` forward passes.
 
     ``eps`` and fixed-budget evaluations. The sealed call takes ``eps=`` only to threshold
     the norms found; it does not tell ``run`` the budget. ``eps`` here is AutoAttack's: with
     an ``eps``, later restarts (and, for :class:`FABT`, later target classes) run only on the
-    samples whose smallest norm so far exceeds ``eps``, and restarts start within ``eps / 2``.
+    samples whose smallest norm so far exceeds ``eps``, restarts start within ``eps / 2``, and
+    a sample stops as soon as it has an example within ``eps`` (its norm is not refined).
     Inside an :class:`~attacks.AttackSuite` at a fixed budget, create FAB with that ``eps``
     to get AutoAttack's cost; without it (the default) every restart and target runs on every
     sample and keeps the smallest norm (the minimum-norm protocol of the paper), which costs
@@ -125,6 +168,16 @@ class FAB(MinimumNormAttack):
         self.final_search_steps = check_positive_int(
             "final_search_steps", final_search_steps, minimum=0
         )
+
+    def with_eps(self, eps: float) -> FAB:
+        """A copy that runs as a member of a fixed-budget cascade at ``eps`` (see above).
+
+        Raises:
+            ValueError: ``eps`` is not a positive number.
+        """
+        member = copy.copy(self)
+        member.eps = check_number("eps", eps, low_open=True)
+        return member
 
     def run(self, ctx: AttackContext, x: Tensor, y: Tensor) -> Tensor:
         """Every boundary set and restart in turn, then the final search."""
@@ -196,22 +249,28 @@ class FAB(MinimumNormAttack):
         rows: Tensor,
         diffs: Boundaries,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """``steps`` FAB iterations from ``start``; returns (best, -norm or -inf, norm <= eps)."""
-        x1, adv = start.clone(), x.clone()
-        best_norm = torch.full((x.shape[0],), math.inf, dtype=x.dtype, device=x.device)
+        """``steps`` FAB iterations from ``start``; returns (best, -norm or -inf, norm <= eps).
+
+        A row whose step leaves it where it was (a zero gradient at ``x``) would repeat it
+        forever, and with an ``eps`` a row with an adversarial example within ``eps`` is done:
+        both stop.
+        """
+        run = _Run(x, start)
         for _ in range(self.steps):
-            f, g = self._closest_boundary(ctx, x1, rows, diffs)
-            x1 = self._step(x, x1, f, g, ctx.bounds)
-            hit = ctx.success(ctx.logits(x1), y)
-            if bool(hit.any()):
-                size = norm_of(x1 - x, self.norm)
-                better = hit & (size < best_norm)
-                adv = torch.where(_row(better, x), x1, adv)
-                best_norm = torch.where(better, size, best_norm)
-                x1 = torch.where(_row(hit, x), x + self.beta * (x1 - x), x1)
-        found = best_norm.isfinite()
-        done = found & (best_norm <= self.eps) if self.eps is not None else torch.zeros_like(found)
-        return adv, torch.where(found, -best_norm, -math.inf), done
+            f, g = self._closest_boundary(ctx, run.x1, rows[run.live], diffs)
+            new = self._step(run.x0, run.x1, f, g, ctx.bounds)
+            moved = ~(new == run.x1).flatten(1).all(1)
+            run.x1 = new
+            hit = ctx.success(ctx.logits(new), y[run.live])
+            run.record(hit, self.norm, self.beta)
+            keep = (moved | hit) & ~run.within(self.eps)
+            if not bool(keep.all()):
+                run.select(keep)
+                if run.live.numel() == 0:
+                    break
+        found = run.best_norm.isfinite()
+        done = run.within(self.eps, everywhere=True)
+        return run.adv, torch.where(found, -run.best_norm, -math.inf), done
 
     def _closest_boundary(
         self, ctx: AttackContext, z: Tensor, rows: Tensor, diffs: Boundaries
@@ -254,7 +313,8 @@ class FAB(MinimumNormAttack):
         size = norm_of(d, self.norm).clamp(min=_MIN_STEP)
         a1, a0 = size[:n], size[n:]
         alpha = (a1 / (a1 + a0)).clamp(0.0, self.alpha_max).unsqueeze(1)
-        moved = (flat1 + self.eta * d[:n]) * (1 - alpha) + (flat0 + self.eta * d[n:]) * alpha
+        # (x1 + eta d1)(1 - alpha) + (x + eta d0) alpha, written so that x1 = x, d = 0 stays put
+        moved = flat1 + alpha * (flat0 - flat1) + self.eta * ((1 - alpha) * d[:n] + alpha * d[n:])
         return moved.clamp(*bounds).view_as(x)
 
     def _final_search(self, ctx: AttackContext, x: Tensor, y: Tensor, adv: Tensor) -> Tensor:
@@ -300,6 +360,9 @@ class FABT(FAB):
     Args:
         norm: ``"linf"`` (default) or ``"l2"``.
         n_target_classes: Target classes tried (default 9; at most ``C - 1`` are used).
+        target_order: ``"logits"`` (default, AutoAttack's: by clean logit) or ``"linear"``
+            (by distance to the linearised boundary at the clean point, as MALT; one backward
+            pass per candidate class more). See :mod:`attacks.targets`.
         **kwargs: The arguments of :class:`FAB` (``steps=100``, ``restarts=1``, ``eps``, ...)
             and ``bounds``, ``seed``, ``eval_mode``.
 
@@ -319,7 +382,12 @@ class FABT(FAB):
     """
 
     def __init__(
-        self, norm: str | Norm = Norm.LINF, *, n_target_classes: int = 9, **kwargs
+        self,
+        norm: str | Norm = Norm.LINF,
+        *,
+        n_target_classes: int = 9,
+        target_order: str = "logits",
+        **kwargs,
     ) -> None:
         super().__init__(norm, **kwargs)
         if self.targeted:
@@ -328,14 +396,18 @@ class FABT(FAB):
                 "use attacks.create('fab', targeted=True) to attack given targets"
             )
         self.n_target_classes = check_positive_int("n_target_classes", n_target_classes)
+        self.target_order = check_target_order(target_order)
+
+    def config(self) -> dict[str, Any]:
+        """The settings; ``target_order`` only when it is not the default."""
+        return without_default_order(super().config())
 
     def _boundary_sets(self, ctx: AttackContext, x: Tensor, y: Tensor) -> Iterator[Boundaries]:
         """One pass per target class: the boundary between it and the true class."""
-        clean = ctx.logits(x).scatter(1, y.unsqueeze(1), -math.inf)
-        k = min(self.n_target_classes, clean.shape[1] - 1)
+        targets = rank_targets(ctx, x, y, self.n_target_classes, self.target_order)
+        k = targets.shape[1]
         if k < self.n_target_classes:
             logger.info("fab_t: only %d other classes; using %d targets", k, k)
-        targets = clean.topk(k, dim=1).indices
         for j in range(k):
             target = targets[:, j]
             yield (

@@ -80,6 +80,17 @@ def check_bool(name: str, value: Any) -> bool:
     raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
 
 
+def check_choice(name: str, value: Any, choices: Sequence[str], hint: str = "") -> str:
+    """``value`` if it is one of ``choices``.
+
+    Raises:
+        ValueError: Any other value (the message lists the choices, then ``hint``).
+    """
+    if value not in choices:
+        raise ValueError(f"{name}={value!r}; use one of: {', '.join(choices)}{hint}")
+    return str(value)
+
+
 def check_bounds(bounds: Any) -> tuple[float, float]:
     """Return ``bounds`` as ``(lo, hi)`` floats if they are two finite numbers with ``lo < hi``.
 

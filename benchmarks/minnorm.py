@@ -5,7 +5,8 @@ Two ``mnist_small_cnn`` models are trained (or loaded from ``--cache-dir``): a s
 repository's fast-AT recipe, ``defenses.create("fgsm_at")``, Wong et al. 2020, ``--at-epochs``).
 On the first ``--n`` MNIST test images, every attack runs once in one batch with about
 ``--steps`` forward+backward passes per sample: ours (``ddn``, ``fmn`` with the paper's ball
-projection and with ``projection="sphere"``, ``alma``, and ``cw_l2`` as 9 x steps/9) and
+projection and with ``projection="sphere"``, ``alma`` with the paper's single learning rate and
+with two runs of half the steps at ``lr_init=(0.1, 0.5)``, and ``cw_l2`` as 9 x steps/9) and
 adv-lib's DDN, FMN and ALMA with their defaults and the same number of steps, in l2 (d_max 4),
 linf (FMN, d_max 0.5) and l1 (FMN and ALMA, d_max 40).
 
@@ -184,6 +185,7 @@ def attack_table(norm: str, steps: int, adv_lib: types.ModuleType) -> dict[str, 
         table["ours fmn"] = ours_runner("fmn", norm, steps=steps)
         table["ours fmn sphere"] = ours_runner("fmn", norm, steps=steps, projection="sphere")
         table["ours alma"] = ours_runner("alma", norm, steps=steps)
+        table["ours alma lr 0.1+0.5"] = ours_runner("alma", norm, steps=steps, lr_init=(0.1, 0.5))
         table[f"ours cw_l2 9x{steps // 9}"] = ours_runner("cw_l2", norm, steps=steps // 9)
         table["adv-lib ddn"] = adv_lib_runner(adv_lib.ddn, norm, steps=steps)
     else:

@@ -25,6 +25,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from attacks.validation import check_choice
 from experiments.sweep import SEED_KEY, overrides_label
 
 logger = logging.getLogger(__name__)
@@ -122,9 +123,8 @@ def check_spread(spread: str) -> str:
     Raises:
         ValueError: Any other value.
     """
-    if spread not in SPREADS:
-        raise ValueError(f"spread={spread!r}; use 'std' (seed-to-seed std and n) or 'ci95'")
-    return spread
+    hint = " ('std': seed-to-seed std and n; 'ci95': a 95% interval of the mean)"
+    return check_choice("spread", spread, SPREADS, hint)
 
 
 def eps_key(eps: float) -> float:

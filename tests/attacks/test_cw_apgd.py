@@ -72,6 +72,32 @@ def test_apgd_halves_the_step_and_restarts_from_the_best_point():
     assert torch.equal(s.x_cur[1], x[1] + 0.2)
 
 
+@pytest.mark.parametrize("name", ["apgd_ce", "apgd_dlr"])
+def test_apgd_stops_samples_that_cannot_move(digits_model, digits_batch, name):
+    x, y = digits_batch
+
+    class HalfMasked(nn.Module):  # rows with a bright first pixel see a rounded (flat) input
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = digits_model
+
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            flat = (z.flatten(1)[:, :1] > 0.5).view(-1, *([1] * (z.dim() - 1)))
+            return self.net(torch.where(flat, torch.round(z), z))
+
+    x = x.clone()
+    x.view(len(x), -1)[: len(x) // 2, 0] = 1.0  # the first half is masked
+    model = HalfMasked().eval()
+    kw = {"n_target_classes": 3} if name == "apgd_dlr" else {}
+    atk = attacks.create(name, steps=50, **kw)
+    res = atk(model, x, y, eps=0.1)
+    full_cost = 50 * (3 if name == "apgd_dlr" else 1) * len(y)
+    assert res.n_backward < 0.7 * full_cost  # the masked half stops after one pass
+    half = torch.arange(len(x) // 2, len(x))
+    plain = atk(digits_model, x[half], y[half], eps=0.1, ids=half)
+    torch.testing.assert_close(res.success[len(x) // 2 :], plain.success)  # the rest unchanged
+
+
 def test_cw_norms_finite_for_successes_inf_for_failures(digits_model, digits_batch):
     x, y = digits_batch
     weak = attacks.create("cw_l2", steps=5, binary_search_steps=1, initial_const=1e-3)

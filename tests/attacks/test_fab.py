@@ -160,6 +160,18 @@ def test_passes_are_counted(digits_model, held_out):
     assert res_t.n_backward == 10 * 3 * n  # one per step and target, every target run
 
 
+def test_zero_gradient_at_the_start_stops_at_once():
+    class Flat(torch.nn.Module):
+        def forward(self, x):
+            return torch.round(x.flatten(1)[:, :3] * 0)  # constant: zero gradient everywhere
+
+    x = torch.rand(6, 1, 4, 4)
+    y = torch.zeros(6, dtype=torch.long)
+    res = attacks.create("fab_t", steps=50, n_target_classes=2)(Flat(), x, y)
+    assert res.n_backward <= 2 * 2 * 6  # one linearisation per target, then it stops
+    assert not res.success.any()
+
+
 def test_eps_cascade_is_cheaper_and_full_search_is_never_weaker(digits_model, held_out):
     x, y = held_out
     e = 0.08
@@ -168,7 +180,8 @@ def test_eps_cascade_is_cheaper_and_full_search_is_never_weaker(digits_model, he
     res = cascade(digits_model, x, y, eps=e)
     assert res.n_backward < 0.7 * full.n_backward
     assert not (res.success & ~full.success).any()  # the full search breaks a superset
-    assert (full.norms <= res.norms + 1e-7).all()
+    assert (res.norms[res.success] <= e).all()  # a row within eps stops there, unrefined
+    assert (full.norms[~res.success] <= res.norms[~res.success] + 1e-7).all()
     assert float(res.robust_accuracy) < float(res.clean_correct.float().mean()) - 0.2
 
 
@@ -322,3 +335,15 @@ def test_fab_t_not_weaker_than_autoattack_on_mnist(mnist_cnn):
     model, x, y = mnist_cnn
     x, y = x[:100], y[:100]
     _compare_fab_t(model, x, y, "linf", 0.1, steps=100)
+
+
+def test_with_eps_is_a_fixed_budget_copy(digits_model, held_out):
+    x, y = held_out
+    fab_t = attacks.create("fab_t", steps=20, n_target_classes=3)
+    member = fab_t.with_eps(0.08)
+    assert member.eps == 0.08 and fab_t.eps is None and member.config()["eps"] == 0.08
+    full, cascade = fab_t(digits_model, x, y, eps=0.08), member(digits_model, x, y, eps=0.08)
+    assert cascade.n_backward < full.n_backward
+    assert float(cascade.robust_accuracy) <= float(full.robust_accuracy) + 0.02
+    with pytest.raises(ValueError, match="eps"):
+        fab_t.with_eps(0.0)

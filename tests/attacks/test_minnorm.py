@@ -271,11 +271,26 @@ def test_schedules_and_quantization():
         ("fmn", {"steps": 0}, "steps"),
         ("fmn", {"gamma_init": -0.1}, "gamma_init"),
         ("alma", {"tau": 0.0}, "tau"),
+        ("alma", {"lr_init": ()}, "at least one learning rate"),
+        ("alma", {"lr_init": (0.1, -1.0)}, "lr_init"),
+        ("alma", {"lr_init": (0.1, 0.5), "steps": 1}, "cannot be split between 2 runs"),
     ],
 )
 def test_bad_settings_are_refused(name, kw, match):
     with pytest.raises(ValueError, match=match):
         attacks.create(name, **kw)
+
+
+def test_alma_with_several_learning_rates_keeps_each_samples_smallest_norm(
+    digits_model, digits_batch
+):
+    x, y = digits_batch
+    both = attacks.create("alma", steps=60, lr_init=[0.1, 0.5])
+    assert both.config()["lr_init"] == (0.1, 0.5) and attacks.create("alma").lr_init == 0.1
+    res = both(digits_model, x, y)
+    runs = [attacks.create("alma", steps=30, lr_init=lr)(digits_model, x, y) for lr in (0.1, 0.5)]
+    torch.testing.assert_close(res.norms, torch.minimum(runs[0].norms, runs[1].norms))
+    assert res.n_backward == 60 * int(res.clean_correct.sum())  # split, not repeated
 
 
 def test_alma_needs_three_classes():

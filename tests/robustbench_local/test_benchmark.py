@@ -61,11 +61,11 @@ def test_benchmark_card_fields(card, zoo_model):
     assert (card.ci_low, card.ci_high) == percent_interval(broken, 80)
     assert card.weights_digest == rbl.weights_digest(zoo_model)
     assert card.reported == 90.0 and card.source == BENCHMARKED and not card.adaptive
-    assert card.suite_version == "2-reduced"  # 10 steps is not the standard suite
+    assert card.suite_version == "3-reduced"  # 10 steps is not the standard suite
     assert "reduced suite (steps=10, n_target_classes=3, square_queries=100" in card.notes
     names = [a["name"] for a in card.suite["attacks"]]
     assert names == [n for n in ("apgd_ce", "apgd_dlr", "fab_t", "square") if n in attacks.ATTACKS]
-    assert card.suite["version"] == "2" and card.suite["budgets"]["square_queries"] == 100
+    assert card.suite["version"] == "3" and card.suite["budgets"]["square_queries"] == 100
     assert {h["name"] for h in card.health} >= {"deterministic", "gradients_nonzero"}
     assert card.cost["n_backward"] > 0 and card.cost["n_examples"] == 80
     assert not card.failed_checks, card.failed_checks
@@ -80,8 +80,9 @@ def test_standard_suite_and_bad_tracks(zoo_model):
         ("apgd_dlr", "l2", 7, 3),
     ]
     assert members[1]["n_target_classes"] == 2
-    assert benchmark_module.STANDARD_STEPS == 100 and benchmark_module.STANDARD_TARGETS == 9
-    assert benchmark_module.SUITE_VERSION == "2"
+    assert members[1]["target_order"] == "linear" and members[2]["target_order"] == "linear"
+    assert benchmark_module.STANDARD_STEPS == 100 and benchmark_module.STANDARD_TARGETS == 4
+    assert benchmark_module.SUITE_VERSION == "3"
     with pytest.raises(ValueError, match="threat_model"):
         benchmark(zoo_model, threat_model="l3", **FAST)
     with pytest.raises(ValueError, match="eps must be > 0"):
@@ -160,4 +161,4 @@ def test_cli_benchmark_then_leaderboard(zoo_model, tmp_path):
     r = run_cli("leaderboard", "--dir", str(tmp_path / "missing"), cwd=tmp_path)
     assert r.returncode == 2 and "does not exist" in r.stderr
     card = json.loads(next(out.glob("*.json")).read_text())
-    assert card["n_examples"] == 40 and card["suite_version"] == "2-reduced"
+    assert card["n_examples"] == 40 and card["suite_version"] == "3-reduced"

@@ -8,6 +8,7 @@ import pytest
 
 from robustbench_local.card import REPORTED_BY_PAPER, ModelCard, percent_interval
 from robustbench_local.leaderboard import Leaderboard, reference_cards, summary
+from robustbench_local.reference import SUITE_VERSION
 
 MINE = ModelCard(
     name="tiny mlp on mnist",
@@ -22,7 +23,7 @@ MINE = ModelCard(
     ci_high=92.0,
     seed=0,
     weights_digest="cd" * 32,
-    suite_version="2",
+    suite_version=SUITE_VERSION,
 )
 
 
@@ -82,7 +83,7 @@ def test_summary_names_the_numbers():
     assert lines.splitlines() == [
         "tiny mlp on mnist (digits_mlp) on mnist linf eps=0.3",
         "  clean 97.50%  robust 90.00% (95% CI 81.1-92.0) on 80 samples",
-        "  suite v2, seed 0, digest cdcdcdcdcdcdcdcd",
+        f"  suite v{SUITE_VERSION}, seed 0, digest cdcdcdcdcdcdcdcd",
         "  health warnings: monotone",
     ]
 
@@ -90,7 +91,7 @@ def test_summary_names_the_numbers():
 def test_cards_of_another_suite_version_are_marked_and_the_legend_names_the_suite(tmp_path):
     old = dataclasses.replace(MINE, name="old card", suite_version="1", weights_digest="ef" * 32)
     reduced = dataclasses.replace(
-        MINE, name="quick card", suite_version="2-reduced", weights_digest="ab" * 32
+        MINE, name="quick card", suite_version=f"{SUITE_VERSION}-reduced", weights_digest="ab" * 32
     )
     for card in (MINE, old, reduced):
         card.save(tmp_path)
@@ -98,6 +99,7 @@ def test_cards_of_another_suite_version_are_marked_and_the_legend_names_the_suit
     source = {row[1]: row[9] for row in board.rows()}
     assert source["tiny mlp on mnist"] == "benchmarked locally"
     assert source["old card"] == "benchmarked locally (suite v1)"
-    assert source["quick card"] == "benchmarked locally (suite v2-reduced)"
+    assert source["quick card"] == f"benchmarked locally (suite v{SUITE_VERSION}-reduced)"
     legend = board.to_text().splitlines()[-1]
-    assert "standard suite v2 (APGD-CE, APGD-T, FAB-T, Square" in legend and "EOT" in legend
+    assert f"standard suite v{SUITE_VERSION} (APGD-CE, APGD-T, FAB-T, Square" in legend
+    assert "EOT" in legend

@@ -77,7 +77,7 @@ def survivors_of(model, data, curve, label_attack, eps):
 # ------------------------------------------------------------------------------ the suite
 
 
-def test_standard_suite_is_autoattack_standard_in_order():
+def test_standard_suite_is_autoattacks_cascade_in_order():
     suite = standard_suite("l2", seed=3)
     assert isinstance(suite, ReferenceSuite) and suite.norm == attacks.Norm.L2
     names = [m.name for m in suite.members]
@@ -85,13 +85,17 @@ def test_standard_suite_is_autoattack_standard_in_order():
     assert names == [n for n in expected if n in attacks.ATTACKS]  # fab_t/square when merged
     assert suite.missing == [n for n in ("fab_t", "square") if n not in attacks.ATTACKS]
     cfg = suite.config()
-    assert cfg["version"] == rbl.SUITE_VERSION == "2" and cfg["budgets"] == DEFAULT_BUDGETS
+    assert cfg["version"] == rbl.SUITE_VERSION == "3" and cfg["budgets"] == DEFAULT_BUDGETS
     assert DEFAULT_BUDGETS == {
-        "steps": 100, "n_target_classes": 9, "square_queries": 5000, "eot_samples": 20,
+        "steps": 100, "n_target_classes": 4, "square_queries": 5000, "eot_samples": 20,
     }  # fmt: skip
     ce, apgd_t = cfg["attacks"][:2]
     assert (ce["steps"], ce["restarts"], ce["seed"], ce["norm"]) == (100, 1, 3, "l2")
-    assert (apgd_t["steps"], apgd_t["n_target_classes"]) == (100, 9)
+    assert (apgd_t["steps"], apgd_t["n_target_classes"], apgd_t["target_order"]) == (
+        100,
+        4,
+        "linear",
+    )
     assert [a["name"] for a in cfg["rand_attacks"]] == ["apgd_ce", "apgd_dlr_untargeted"]
     assert not suite.reduced and standard_suite(square_queries=500).reduced
     assert rbl.standard_suite is standard_suite
