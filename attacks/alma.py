@@ -11,6 +11,7 @@ from torch import Tensor
 
 from attacks.base import AttackContext, MinimumNormAttack, register_attack
 from attacks.ddn import rows_view
+from attacks.restarts import per_run_values, smallest_over_runs
 from attacks.threat import Norm, norm_of
 from attacks.validation import check_number, check_positive_int
 
@@ -54,18 +55,6 @@ def penalty_p2(c: Tensor, rho: Tensor, mu: Tensor) -> tuple[Tensor, Tensor]:
     return value, slope
 
 
-def _learning_rates(value: float | Sequence[float]) -> tuple[float, ...]:
-    """ALMA's ``lr_init`` as a non-empty tuple of positive numbers.
-
-    Raises:
-        ValueError: An empty sequence or a value that is not a positive number.
-    """
-    rates = tuple(value) if isinstance(value, (list, tuple)) else (value,)
-    if not rates:
-        raise ValueError("lr_init needs at least one learning rate")
-    return tuple(check_number("lr_init", r, low_open=True) for r in rates)
-
-
 @register_attack("alma")
 class ALMA(MinimumNormAttack):
     r"""ALMA: the smallest distance subject to "misclassified", by an augmented Lagrangian.
@@ -93,8 +82,8 @@ class ALMA(MinimumNormAttack):
         lr_init: Initial learning rate (default 0.1), or several: ALMA then runs once per
             value from ``x``, the ``steps`` split evenly between the runs, and keeps each
             sample's smallest norm. Runs with different rates end in different local optima:
-            on an adversarially trained MNIST CNN, ``(0.1, 0.5)`` at 500 steps each finds a
-            7% smaller median l2 norm than one run of 1000 steps (``benchmarks/minnorm.py``).
+            on an adversarially trained MNIST CNN, ``(0.1, 0.3, 1.0)`` in 1000 steps finds a
+            9% smaller median l2 norm than one run of 1000 steps (``benchmarks/minnorm.py``).
         lr_reduction: Total decay of the learning rate (default 0.01).
         mu_init: Initial Lagrange multiplier (default 1).
         rho_init: Initial penalty parameter (default 1).
@@ -139,9 +128,7 @@ class ALMA(MinimumNormAttack):
     ) -> None:
         super().__init__(norm, **kwargs)
         self.steps = check_positive_int("steps", steps)
-        rates = _learning_rates(lr_init)
-        if self.steps < len(rates):
-            raise ValueError(f"steps={self.steps} cannot be split between {len(rates)} runs")
+        rates = per_run_values("lr_init", lr_init, self.steps)
         self.lr_init: float | tuple[float, ...] = rates if len(rates) > 1 else rates[0]
         self.lr_reduction = check_number("lr_reduction", lr_reduction, low_open=True, high=1.0)
         self.mu_init = check_number("mu_init", mu_init, low_open=True)
@@ -155,14 +142,9 @@ class ALMA(MinimumNormAttack):
     def run(self, ctx: AttackContext, x: Tensor, y: Tensor) -> Tensor:
         """One ALMA run per learning rate; each sample's smallest adversarial iterate (else x)."""
         rates = self.lr_init if isinstance(self.lr_init, tuple) else (self.lr_init,)
-        best, best_norm = x, torch.full((x.shape[0],), math.inf, dtype=x.dtype, device=x.device)
-        for k, lr in enumerate(rates):
-            steps = self.steps // len(rates) + int(k < self.steps % len(rates))
-            adv, size = self._single_run(ctx, x, y, steps, lr)
-            better = size < best_norm
-            best = torch.where(rows_view(better, x), adv, best)
-            best_norm = torch.where(better, size, best_norm)
-        return best
+        return smallest_over_runs(
+            x, rates, self.steps, lambda steps, lr: self._single_run(ctx, x, y, steps, lr)
+        )
 
     def _single_run(
         self, ctx: AttackContext, x: Tensor, y: Tensor, steps: int, lr_init: float

@@ -16,13 +16,16 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
+from attacks.validation import check_number
+
 # single_run(rows, restart) -> (x_adv [len(rows), ...], loss [len(rows)], hit [len(rows)])
 SingleRun = Callable[[Tensor, int], tuple[Tensor, Tensor, Tensor]]
+NormRun = tuple[Tensor, Tensor]  # (examples [n, ...], their norms [n], inf where none)
 
 
 class BestOf:
@@ -77,4 +80,37 @@ def run_restarts(
     return best
 
 
-__all__ = ["BestOf", "SingleRun", "run_restarts"]
+def per_run_values(name: str, value: float | Sequence[float], steps: int) -> tuple[float, ...]:
+    """A setting given once or once per run, as a non-empty tuple of positive numbers.
+
+    Raises:
+        ValueError: An empty sequence, a value that is not a positive number, or fewer
+            ``steps`` than runs.
+    """
+    values = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+    if not values:
+        raise ValueError(f"{name} needs at least one value")
+    if steps < len(values):
+        raise ValueError(f"steps={steps} cannot be split between {len(values)} runs ({name})")
+    return tuple(check_number(name, v, low_open=True) for v in values)
+
+
+def smallest_over_runs(
+    x: Tensor, settings: Sequence[float], steps: int, run: Callable[[int, float], NormRun]
+) -> Tensor:
+    """Run a minimum-norm attack once per setting, ``steps`` split evenly between the runs.
+
+    ``run(steps_k, setting_k)`` returns the run's examples (``x`` where none was found) and
+    their norms (``inf`` where none); per sample, the example of smallest norm is kept.
+    """
+    best = x
+    best_norm = torch.full((x.shape[0],), math.inf, dtype=x.dtype, device=x.device)
+    for k, value in enumerate(settings):
+        adv, size = run(steps // len(settings) + int(k < steps % len(settings)), value)
+        better = size < best_norm
+        best = torch.where(better.view(-1, *([1] * (x.dim() - 1))), adv, best)
+        best_norm = torch.where(better, size, best_norm)
+    return best
+
+
+__all__ = ["BestOf", "NormRun", "SingleRun", "per_run_values", "run_restarts", "smallest_over_runs"]

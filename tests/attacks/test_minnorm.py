@@ -271,7 +271,9 @@ def test_schedules_and_quantization():
         ("fmn", {"steps": 0}, "steps"),
         ("fmn", {"gamma_init": -0.1}, "gamma_init"),
         ("alma", {"tau": 0.0}, "tau"),
-        ("alma", {"lr_init": ()}, "at least one learning rate"),
+        ("alma", {"lr_init": ()}, "lr_init needs at least one value"),
+        ("fmn", {"alpha_init": [1.0, 0.0]}, "alpha_init"),
+        ("fmn", {"alpha_init": [1.0, 3.0], "steps": 1}, "cannot be split between 2 runs"),
         ("alma", {"lr_init": (0.1, -1.0)}, "lr_init"),
         ("alma", {"lr_init": (0.1, 0.5), "steps": 1}, "cannot be split between 2 runs"),
     ],
@@ -291,6 +293,18 @@ def test_alma_with_several_learning_rates_keeps_each_samples_smallest_norm(
     runs = [attacks.create("alma", steps=30, lr_init=lr)(digits_model, x, y) for lr in (0.1, 0.5)]
     torch.testing.assert_close(res.norms, torch.minimum(runs[0].norms, runs[1].norms))
     assert res.n_backward == 60 * int(res.clean_correct.sum())  # split, not repeated
+
+
+def test_fmn_with_several_step_sizes_keeps_each_samples_smallest_norm(digits_model, digits_batch):
+    x, y = digits_batch
+    several = attacks.create("fmn", norm="l1", steps=40, alpha_init=(1.0, 3.0))
+    assert several.alpha_final is None and several.config()["alpha_init"] == (1.0, 3.0)
+    res = several(digits_model, x, y)
+    runs = [
+        attacks.create("fmn", norm="l1", steps=20, alpha_init=a)(digits_model, x, y)
+        for a in (1.0, 3.0)
+    ]
+    torch.testing.assert_close(res.norms, torch.minimum(runs[0].norms, runs[1].norms))
 
 
 def test_alma_needs_three_classes():

@@ -99,7 +99,7 @@ def test_curve_records_configs_health_and_json(digits_model, test_set):
     assert c.attacks == ["fgsm", "reference"]  # the defaults: reference="auto", full budgets
     assert c.reference.ran == [False, False, False, True] and not c.reference.reduced
     assert c.attack_configs["reference"]["budgets"] == {
-        "steps": 100, "n_target_classes": 9, "square_queries": 5000, "eot_samples": 20,
+        "steps": 100, "n_target_classes": 4, "square_queries": 5000, "eot_samples": 20,
     }  # fmt: skip
     c2 = Curve.from_dict(json.loads(json.dumps(c.to_dict())))
     assert torch.equal(c2.worst_case(), c.worst_case()) and c2.health == c.health
