@@ -141,9 +141,8 @@ class ALMA(MinimumNormAttack):
 
     def run(self, ctx: AttackContext, x: Tensor, y: Tensor) -> Tensor:
         """One ALMA run per learning rate; each sample's smallest adversarial iterate (else x)."""
-        rates = self.lr_init if isinstance(self.lr_init, tuple) else (self.lr_init,)
         return smallest_over_runs(
-            x, rates, self.steps, lambda steps, lr: self._single_run(ctx, x, y, steps, lr)
+            x, self.lr_init, self.steps, lambda steps, lr: self._single_run(ctx, x, y, steps, lr)
         )
 
     def _single_run(

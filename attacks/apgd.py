@@ -193,8 +193,11 @@ class _State:
         Such a sample cannot move (the step and the momentum are zero, a restart from the best
         point lands where it is), so for a deterministic model every later iteration repeats it.
         """
+        zero = (self.grad.flatten(1) == 0).all(1)
+        if not bool(zero.any()):  # the usual case: no need to compare the points
+            return zero
         same = (self.x_cur == self.x_prev) & (self.x_cur == self.x_max)
-        return (self.grad.flatten(1) == 0).all(1) & same.flatten(1).all(1)
+        return zero & same.flatten(1).all(1)
 
     def select(self, keep: Tensor) -> None:
         """Drop the samples that are done."""

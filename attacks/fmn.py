@@ -110,9 +110,8 @@ class FMN(MinimumNormAttack):
 
     def run(self, ctx: AttackContext, x: Tensor, y: Tensor) -> Tensor:
         """One FMN run per ``alpha_init``; each sample's smallest adversarial iterate (else x)."""
-        alphas = self.alpha_init if isinstance(self.alpha_init, tuple) else (self.alpha_init,)
         return smallest_over_runs(
-            x, alphas, self.steps, lambda steps, a: self._single_run(ctx, x, y, steps, a)
+            x, self.alpha_init, self.steps, lambda steps, a: self._single_run(ctx, x, y, steps, a)
         )
 
     def _single_run(

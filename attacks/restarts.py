@@ -96,13 +96,14 @@ def per_run_values(name: str, value: float | Sequence[float], steps: int) -> tup
 
 
 def smallest_over_runs(
-    x: Tensor, settings: Sequence[float], steps: int, run: Callable[[int, float], NormRun]
+    x: Tensor, settings: float | Sequence[float], steps: int, run: Callable[[int, float], NormRun]
 ) -> Tensor:
     """Run a minimum-norm attack once per setting, ``steps`` split evenly between the runs.
 
     ``run(steps_k, setting_k)`` returns the run's examples (``x`` where none was found) and
     their norms (``inf`` where none); per sample, the example of smallest norm is kept.
     """
+    settings = tuple(settings) if isinstance(settings, (list, tuple)) else (settings,)
     best = x
     best_norm = torch.full((x.shape[0],), math.inf, dtype=x.dtype, device=x.device)
     for k, value in enumerate(settings):
