@@ -14,6 +14,7 @@ from attacks.base import AttackContext, FixedBudgetAttack, register_attack
 from attacks.losses import cross_entropy, dlr_targeted
 from attacks.restarts import BestOf, SingleRun, run_restarts
 from attacks.rng import Key, Stream
+from attacks.rows import row_index, take_rows
 from attacks.targets import check_target_order, rank_targets, without_default_order
 from attacks.threat import Norm, normalize_gradient, project_and_clip, random_start
 from attacks.validation import check_number, check_positive_int
@@ -114,7 +115,7 @@ class APGD(FixedBudgetAttack):
 
         def single_run(rows: Tensor, restart: int) -> tuple[Tensor, Tensor, Tensor]:
             draws = ctx.stream(rows, ("start", *key, restart))
-            return self._single_run(ctx, x[rows], y[rows], eps, rows, loss, draws)
+            return self._single_run(ctx, take_rows(x, rows), y[rows], eps, rows, loss, draws)
 
         return single_run
 
@@ -201,8 +202,9 @@ class _State:
 
     def select(self, keep: Tensor) -> None:
         """Drop the samples that are done."""
+        keep = row_index(keep)
         for name, value in vars(self).items():
-            setattr(self, name, value[keep])
+            setattr(self, name, take_rows(value, keep))
 
     def checkpoint(self, min_increases: float) -> None:
         """Halve the step and restart from the best point where progress stalled."""

@@ -45,6 +45,7 @@ from attacks.context import AttackContext, model_guard
 from attacks.registry import Registry
 from attacks.result import AttackResult
 from attacks.rng import draw_seed
+from attacks.rows import take_rows
 from attacks.threat import Norm, norm_of, project_and_clip, require_norm
 from attacks.validation import (
     BOUNDS_TOL,
@@ -257,10 +258,9 @@ class FixedBudgetAttack(Attack):
             idx = (~broken).nonzero().squeeze(1)
             if e > 0 and idx.numel() > 0:
                 ctx.focus(ids[idx], (self.name, "eps", e))
-                cand = self.run(ctx, x[idx], labels[idx], e)
-                cand = project_and_clip(
-                    x[idx], cand.detach().to(x.dtype), self.norm, e, self.bounds
-                )
+                xs = take_rows(x, idx)
+                cand = self.run(ctx, xs, labels[idx], e)
+                cand = project_and_clip(xs, cand.detach().to(x.dtype), self.norm, e, self.bounds)
                 current[idx] = cand
                 broken[idx] = ctx.success(ctx.logits(cand), labels[idx])
             x_adv[i], success[i] = current, broken

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from attacks.base import AttackContext, MinimumNormAttack, register_attack
 from attacks.losses import cw_margin
+from attacks.rows import row_index, take_rows
 from attacks.threat import Norm
 from attacks.validation import check_bool, check_number, check_positive_int
 
@@ -170,9 +171,10 @@ class CarliniWagnerL2(MinimumNormAttack):
                     w_out[rows[~keep]] = w[~keep]
                     if not bool(keep.any()):
                         return found, w_out
-                    rows, w, m, v = rows[keep], w[keep], m[keep], v[keep]
+                    keep = row_index(keep)
+                    rows, w, m, v = (take_rows(t, keep) for t in (rows, w, m, v))
                     low, prev = low[keep], prev[keep]
-                    xs, ys, cs = x[rows], y[rows], const[rows]
+                    xs, ys, cs = take_rows(x, rows), y[rows], const[rows]
         w_out[rows] = w
         return found, w_out
 

@@ -15,6 +15,7 @@ from attacks.base import AttackContext, MinimumNormAttack, register_attack
 from attacks.fab_projections import project_to_hyperplane
 from attacks.losses import cw_margin
 from attacks.restarts import BestOf, SingleRun, run_restarts
+from attacks.rows import row_index, take_rows
 from attacks.targets import check_target_order, rank_targets, without_default_order
 from attacks.threat import Norm, norm_of
 from attacks.validation import check_number, check_positive_int
@@ -59,7 +60,7 @@ class _Run:
         rows = self.live
         size = norm_of(self.x1 - self.x0, norm)
         better = hit & (size < self.best_norm[rows])
-        self.adv[rows] = torch.where(_row(better, self.x0), self.x1, self.adv[rows])
+        self.adv[rows] = torch.where(_row(better, self.x0), self.x1, take_rows(self.adv, rows))
         self.best_norm[rows] = torch.where(better, size, self.best_norm[rows])
         back = self.x0 + beta * (self.x1 - self.x0)
         self.x1 = torch.where(_row(hit, self.x0), back, self.x1)
@@ -73,7 +74,8 @@ class _Run:
 
     def select(self, keep: Tensor) -> None:
         """Keep iterating only the live rows ``keep``."""
-        self.live, self.x0, self.x1 = self.live[keep], self.x0[keep], self.x1[keep]
+        keep = row_index(keep)
+        self.live, self.x0, self.x1 = (take_rows(t, keep) for t in (self.live, self.x0, self.x1))
 
 
 @register_attack("fab")

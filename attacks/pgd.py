@@ -8,6 +8,7 @@ from torch import Tensor
 from attacks.base import AttackContext, FixedBudgetAttack, register_attack
 from attacks.losses import get_loss
 from attacks.restarts import run_restarts
+from attacks.rows import ShrinkingRows, row_index, take_rows
 from attacks.threat import Norm, normalize_gradient, project_and_clip, random_start
 from attacks.validation import check_bool, check_number, check_positive_int
 
@@ -102,7 +103,7 @@ class PGD(FixedBudgetAttack):
         """Run ``restarts`` PGD runs; later restarts attack only samples still robust."""
 
         def single_run(rows: Tensor, restart: int) -> tuple[Tensor, Tensor, Tensor]:
-            return self._single_run(ctx, x[rows], y[rows], eps, rows, restart)
+            return self._single_run(ctx, take_rows(x, rows), y[rows], eps, rows, restart)
 
         return run_restarts(x, self.restarts, single_run).x
 
@@ -115,11 +116,15 @@ class PGD(FixedBudgetAttack):
         """
         loss_fn = get_loss(self.loss)
         alpha = self.alpha(eps)
-        x_adv = x.clone()
-        if self.random_start:
-            draws = ctx.stream(rows, ("start", restart))
-            start = x + random_start(x, self.norm, eps, draws)
+        box = self._linf_box(x, eps, ctx.bounds)
+        if not self.random_start:
+            x_adv = x.clone()
+        elif box is None:
+            start = x + random_start(x, self.norm, eps, ctx.stream(rows, ("start", restart)))
             x_adv = project_and_clip(x, start, self.norm, eps, ctx.bounds)
+        else:  # linf: the start is in the ball, so clamping it to the box projects it
+            start = x + random_start(x, self.norm, eps, ctx.stream(rows, ("start", restart)))
+            x_adv = start.clamp_(min=box[0], max=box[1])
         n = x.shape[0]
         loss = torch.full((n,), float("-inf"), device=x.device, dtype=x.dtype)
         hit = torch.zeros(n, dtype=torch.bool, device=x.device)
@@ -127,28 +132,30 @@ class PGD(FixedBudgetAttack):
         # (linf: the box where ball and bounds meet; l2: the origin). A sample that is fooled
         # leaves the state at once: its passes would be wasted (measured: the per-sample cost
         # of a pass does not depend on the changing batch size, see benchmarks/attacks.py).
-        active = torch.arange(n, device=x.device)
-        box = self._linf_box(x, eps, ctx.bounds)
-        xa, ya, xo = x_adv.clone(), y, (x if box is None else None)
+        active, ya = torch.arange(n, device=x.device), y
+        xa = ShrinkingRows(x_adv.clone())
+        state = [xa] + [ShrinkingRows(t) for t in (box if box is not None else (x,))]
         for _ in range(self.steps):
             step_loss, grad, logits = ctx.loss_and_grad(
-                xa, lambda z, ya=ya: loss_fn(z, ya, ctx.targeted)
+                xa.value, lambda z, ya=ya: loss_fn(z, ya, ctx.targeted)
             )
             loss[active] = step_loss
-            if self.early_stop:
-                fooled = ctx.success(logits, ya)
-                if bool(fooled.any()):
-                    out = fooled.nonzero().squeeze(1)
-                    x_adv[active[out]] = xa[out]
-                    hit[active[out]] = True
-                    keep = (~fooled).nonzero().squeeze(1)
-                    active, xa, ya, grad = (t[keep] for t in (active, xa, ya, grad))
-                    xo = None if xo is None else xo[keep]
-                    box = None if box is None else (box[0][keep], box[1][keep])
-                    if active.numel() == 0:
-                        break
-            xa = self._step(xa, grad, alpha, xo, box, eps, ctx.bounds)
-        x_adv[active] = xa
+            fooled = ctx.success(logits, ya) if self.early_stop else None
+            if fooled is not None and bool(fooled.any()):
+                out = fooled.nonzero().squeeze(1)
+                x_adv[active[out]] = take_rows(xa.value, out)
+                hit[active[out]] = True
+            else:
+                fooled = None
+            xa.value = self._step(xa.value, grad, alpha, [s.value for s in state[1:]], eps, ctx)
+            if fooled is not None:  # the fooled rows leave (their step above is discarded)
+                keep = row_index(~fooled)
+                active, ya = active[keep], ya[keep]
+                for s in state:
+                    s.keep(keep)
+                if active.numel() == 0:
+                    break
+        x_adv[active] = xa.value
         return x_adv, loss, hit
 
     def _linf_box(
@@ -164,16 +171,15 @@ class PGD(FixedBudgetAttack):
         xa: Tensor,
         grad: Tensor,
         alpha: float,
-        xo: Tensor | None,
-        box: tuple[Tensor, Tensor] | None,
+        feasible: list[Tensor],
         eps: float,
-        bounds: tuple[float, float],
+        ctx: AttackContext,
     ) -> Tensor:
-        """One ascent step mapped back into the feasible set (linf: 3 in-place ops)."""
-        if box is not None:
-            return xa.add_(grad.sign_(), alpha=alpha).clamp_(min=box[0], max=box[1])
-        if xo is None:
-            raise RuntimeError("PGD's l2 step needs the origin")
-        return project_and_clip(
-            xo, xa + alpha * normalize_gradient(grad, self.norm), self.norm, eps, bounds
-        )
+        """One ascent step mapped back into the feasible set (linf: 3 in-place ops).
+
+        ``feasible`` is ``[lower, upper]`` (the linf box) or ``[origin]`` (l2).
+        """
+        if self.norm is Norm.LINF:
+            return xa.add_(grad.sign_(), alpha=alpha).clamp_(min=feasible[0], max=feasible[1])
+        moved = xa + alpha * normalize_gradient(grad, self.norm)
+        return project_and_clip(feasible[0], moved, self.norm, eps, ctx.bounds)

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from attacks.rows import take_rows
 from attacks.validation import check_number
 
 # single_run(rows, restart) -> (x_adv [len(rows), ...], loss [len(rows)], hit [len(rows)])
@@ -50,7 +51,7 @@ class BestOf:
         """Keep the new candidates of ``rows`` that succeed or raise the loss."""
         better = hit | (loss > self.loss[rows])
         mask = better.view(-1, *([1] * (x_adv.dim() - 1)))
-        self.x[rows] = torch.where(mask, x_adv, self.x[rows])
+        self.x[rows] = torch.where(mask, x_adv, take_rows(self.x, rows))
         self.loss[rows] = torch.where(better, loss, self.loss[rows])
         self.done[rows] = hit
 

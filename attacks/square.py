@@ -11,6 +11,7 @@ from torch import Tensor
 from attacks.base import AttackContext, FixedBudgetAttack, register_attack
 from attacks.losses import cross_entropy, cw_margin
 from attacks.restarts import run_restarts
+from attacks.rows import row_index, take_rows
 from attacks.threat import Norm
 from attacks.validation import check_bool, check_number, check_positive_int
 
@@ -173,7 +174,7 @@ class Square(FixedBudgetAttack):
             )
 
         def single_run(rows: Tensor, restart: int) -> tuple[Tensor, Tensor, Tensor]:
-            return self._single_run(ctx, x[rows], y[rows], eps, rows, restart)
+            return self._single_run(ctx, take_rows(x, rows), y[rows], eps, rows, restart)
 
         return run_restarts(x, self.restarts, single_run).x
 
@@ -199,8 +200,10 @@ class Square(FixedBudgetAttack):
             if bool(fooled.any()):
                 out[local[fooled]], hit[local[fooled]] = xb[fooled], True
                 out_loss[local[fooled]] = loss[fooled]
-                keep = ~fooled
-                local, xs, ys, xb, loss, draws = (t[keep] for t in (local, xs, ys, xb, loss, draws))
+                keep = row_index(~fooled)
+                local, xs, ys, xb, loss, draws = (
+                    take_rows(t, keep) for t in (local, xs, ys, xb, loss, draws)
+                )
             if local.numel() == 0 or i == self.n_queries - 1:
                 break
             if i % BLOCK == 0:  # the draws of queries i..i+BLOCK-1: a function of (id, i) only

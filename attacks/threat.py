@@ -27,6 +27,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from attacks.rows import row_index, take_rows
 from attacks.validation import check_bounds, check_number
 
 _TINY = 1e-12
@@ -227,24 +228,32 @@ def l1_threshold(a: Tensor, b: Tensor, e: Tensor, max_iter: int = 100) -> Tensor
 
     """
     tol = 16 * torch.finfo(a.dtype).eps * e.clamp(min=1)
-    lam = torch.zeros_like(e)
+    out = torch.zeros_like(e)
+    lam, rows = out.clone(), torch.arange(a.shape[0], device=a.device)
     lo, hi = torch.zeros_like(e), a.amax(dim=1, keepdim=True)
     for _ in range(max_iter):
         t = a - lam
         g = t.clamp(min=0).minimum(b).sum(dim=1, keepdim=True)
-        done = ((g - e).abs() <= tol) | ((lam == 0) & (g <= e))
-        if bool(done.all()):
-            break
+        done = (((g - e).abs() <= tol) | ((lam == 0) & (g <= e))).squeeze(1)
+        if bool(done.any()):  # a row that is done stays so: iterate the others only
+            out[rows[done]] = lam[done]
+            keep = row_index(~done)
+            if keep.numel() == 0:
+                return out
+            rows, a, b, t, g, e, tol, lam, lo, hi = (
+                take_rows(v, keep) for v in (rows, a, b, t, g, e, tol, lam, lo, hi)
+            )
         over = g > e
         lo, hi = torch.where(over, lam, lo), torch.where(over, hi, lam)
         slope = ((t > 0) & (t < b)).sum(dim=1, keepdim=True).to(a.dtype)
         newton = lam + (g - e) / slope.clamp(min=1)
         inside = (slope > 0) & (newton > lo) & (newton < hi)
-        nxt = torch.where(done, lam, torch.where(inside, newton, (lo + hi) / 2))
+        nxt = torch.where(inside, newton, (lo + hi) / 2)
         if bool((nxt == lam).all()):
             break
         lam = nxt
-    return lam
+    out[rows] = lam
+    return out
 
 
 def dual_norm_of(grad: Tensor, norm: Norm) -> Tensor:
@@ -314,18 +323,22 @@ def clip_to_bounds(x: Tensor, delta: Tensor, bounds: tuple[float, float]) -> Ten
 def project_and_clip(
     x: Tensor, x_adv: Tensor, norm: Norm, eps: float | Tensor, bounds: tuple[float, float]
 ) -> Tensor:
-    """Map ``x_adv`` into the feasible set: first the box, then the ball.
+    """Map ``x_adv`` into the feasible set (the ``eps``-ball around ``x`` and the box).
 
-    Because ``x`` lies in the box and both sets are convex, projecting onto the ball after the
-    box keeps the point inside the box: the result is in both. For linf this is the exact
-    Euclidean projection onto the intersection; for l1 the exact projection onto the
-    intersection is computed directly (:func:`project_l1_box`), which spends the whole
+    l2: first the box, then the ball; because ``x`` lies in the box and both sets are convex,
+    projecting onto the ball after the box keeps the point inside the box: the result is in
+    both. linf: both sets are products of intervals, so clamping to the ball and then to the
+    box is the exact Euclidean projection onto the intersection. l1: the exact projection onto
+    the intersection is computed directly (:func:`project_l1_box`), which spends the whole
     budget inside the box.
     """
-    if Norm.parse(norm) is Norm.L1:
+    norm = Norm.parse(norm)
+    if norm is Norm.L1:
         lo, hi = bounds
         delta = project_l1_box(x_adv - x, eps, lo - x, hi - x)
         return (x + delta).clamp(lo, hi)
+    if norm is Norm.LINF:  # coordinatewise: the order of ball and box does not matter
+        return (x + project(x_adv - x, norm, eps)).clamp_(*bounds)
     delta = clip_to_bounds(x, x_adv - x, bounds)
     delta = project(delta, norm, eps)
     lo, hi = bounds

@@ -62,6 +62,7 @@ from attacks.context import AttackContext, model_guard
 from attacks.losses import get_loss
 from attacks.registry import Registry
 from attacks.result import AttackResult
+from attacks.rows import row_index, take_rows
 from attacks.threat import norm_of, normalize_gradient, project_and_clip
 from attacks.validation import check_ids, check_inputs, check_number, check_positive_int
 
@@ -266,12 +267,12 @@ class Descent(CurveStrategy):
             if step > 0:  # the start was checked by the caller
                 fooled = ctx.success(logits, ya)
                 out[active[fooled]], hit[active[fooled]] = xa[fooled], True
-                keep = ~fooled
-                active, xa, grad = active[keep], xa[keep], grad[keep]
+                keep = row_index(~fooled)
+                active, xa, grad = (take_rows(t, keep) for t in (active, xa, grad))
                 if active.numel() == 0:
                     return hit, out
             moved = xa + alpha * normalize_gradient(grad, ctx.norm)
-            xa = project_and_clip(x[active], moved, ctx.norm, eps, ctx.bounds)
+            xa = project_and_clip(take_rows(x, active), moved, ctx.norm, eps, ctx.bounds)
         fooled = ctx.success(ctx.logits(xa), y[active])
         out[active[fooled]], hit[active[fooled]] = xa[fooled], True
         return hit, out
