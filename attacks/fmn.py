@@ -13,7 +13,7 @@ from attacks.base import AttackContext, MinimumNormAttack, register_attack
 from attacks.ddn import cosine_schedule, rows_view, worst_norm
 from attacks.losses import cw_margin
 from attacks.restarts import per_run_values, smallest_over_runs
-from attacks.threat import Norm, dual_norm_of, norm_of, project_and_clip
+from attacks.threat import Norm, dual_norm_of, norm_of, project_delta_
 from attacks.validation import check_number, check_positive_int
 
 _TINY = 1e-12
@@ -151,8 +151,8 @@ class FMN(MinimumNormAttack):
     def _project(
         self, x: Tensor, delta: Tensor, eps: Tensor, bounds: tuple[float, float]
     ) -> Tensor:
-        """Map ``x + delta`` into the box and the ``eps``-ball (or onto its sphere); a new delta."""
+        """Map ``x + delta`` into the box and the ``eps``-ball (or onto its sphere), in place."""
         if self.projection == "sphere":
             size = norm_of(delta, self.norm).clamp(min=_TINY)
             return (x + delta * rows_view(eps / size, delta)).clamp_(*bounds).sub_(x)
-        return project_and_clip(x, x + delta, self.norm, eps, bounds).sub_(x)
+        return project_delta_(x, delta, self.norm, eps, bounds)

@@ -119,12 +119,13 @@ class PGD(FixedBudgetAttack):
         box = self._linf_box(x, eps, ctx.bounds)
         if not self.random_start:
             x_adv = x.clone()
-        elif box is None:
-            start = x + random_start(x, self.norm, eps, ctx.stream(rows, ("start", restart)))
-            x_adv = project_and_clip(x, start, self.norm, eps, ctx.bounds)
-        else:  # linf: the start is in the ball, so clamping it to the box projects it
-            start = x + random_start(x, self.norm, eps, ctx.stream(rows, ("start", restart)))
-            x_adv = start.clamp_(min=box[0], max=box[1])
+        else:
+            start = random_start(x, self.norm, eps, ctx.stream(rows, ("start", restart))).add_(x)
+            x_adv = (  # linf: the start is in the ball, so clamping it to the box projects it
+                project_and_clip(x, start, self.norm, eps, ctx.bounds)
+                if box is None
+                else start.clamp_(min=box[0], max=box[1])
+            )
         n = x.shape[0]
         loss = torch.full((n,), float("-inf"), device=x.device, dtype=x.dtype)
         hit = torch.zeros(n, dtype=torch.bool, device=x.device)

@@ -343,3 +343,25 @@ def project_and_clip(
     delta = project(delta, norm, eps)
     lo, hi = bounds
     return (x + delta).clamp(lo, hi)
+
+
+def project_delta_(
+    x: Tensor, delta: Tensor, norm: Norm, eps: float | Tensor, bounds: tuple[float, float]
+) -> Tensor:
+    """In place on ``delta``: the perturbation of :func:`project_and_clip` (``x + delta``).
+
+    The same sets and order as :func:`project_and_clip` without new full-size tensors for
+    linf and l2 (an attack that projects at every step saves their allocations); l1 computes
+    the exact projection and copies it back. Returns ``delta``.
+    """
+    norm = Norm.parse(norm)
+    e = _per_sample(eps, delta)
+    lo, hi = bounds
+    if norm is Norm.LINF:
+        clamped = delta.clamp_(min=-e, max=e) if isinstance(e, Tensor) else delta.clamp_(-e, e)
+        return clamped.add_(x).clamp_(lo, hi).sub_(x)
+    if norm is Norm.L2:
+        delta.add_(x).clamp_(lo, hi).sub_(x)
+        n = norm_of(delta, Norm.L2).view(-1, *([1] * (delta.dim() - 1)))
+        return delta.mul_(torch.clamp(e / (n + _TINY), max=1.0))
+    return delta.copy_(project_and_clip(x, x + delta, norm, eps, bounds).sub_(x))

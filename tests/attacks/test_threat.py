@@ -23,6 +23,7 @@ from attacks.threat import (
     normalize_gradient,
     project,
     project_and_clip,
+    project_delta_,
     project_l1,
     project_l1_box,
     random_start,
@@ -263,3 +264,16 @@ def test_l1_random_start_is_uniform_in_the_ball():
     first = d.flatten(1)[:, 0]
     assert abs(float((first.abs() > 0.3).double().mean()) - 0.7**4) < 0.015
     assert abs(float((first > 0).double().mean()) - 0.5) < 0.02
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_project_delta_in_place_matches_project_and_clip(norm):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 1, 5, 5, generator=gen)
+    delta = torch.randn(6, 1, 5, 5, generator=gen)
+    eps = torch.tensor([0.1, 0.5, 2.0, 10.0, float("inf"), 0.0])
+    expected = project_and_clip(x, x + delta, norm, eps, (0.0, 1.0)) - x
+    out = project_delta_(x, delta, norm, eps, (0.0, 1.0))
+    assert out.data_ptr() == delta.data_ptr()
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+    assert ((x + out) >= -1e-6).all() and ((x + out) <= 1 + 1e-6).all()
