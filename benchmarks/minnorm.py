@@ -311,6 +311,11 @@ def report(label: str, norm: str, rows: list[Row]) -> list[bool]:
     for r in rows:
         cells = f"{r.success:.1%} | {r.median:.3f} | {opt[r.name]:.3f}"
         print(f"| {r.name} | {cells} | {r.seconds:.1f} | {r.cpu:.1f} |")
+    fmns = [r for r in rows if "fmn" in r.name]
+    if len(fmns) < len(rows):  # the FMN-against-FMN yardstick, beside the one of all attacks
+        among = optimality(fmns, d_max)
+        cells = ", ".join(f"{name} {value:.3f}" for name, value in among.items())
+        print(f"  optimality among the FMNs only: {cells}")
     kinds = {"l2": [False], "linf": [True], "l1": [True, False]}[norm]
     lines = [verdict(rows, opt, fmn_only) for fmn_only in kinds]
     for line in lines:
