@@ -142,14 +142,13 @@ class PGD(FixedBudgetAttack):
             )
             loss[active] = step_loss
             fooled = ctx.success(logits, ya) if self.early_stop else None
-            if fooled is not None and bool(fooled.any()):
+            leaving = fooled is not None and bool(fooled.any())
+            if leaving:
                 out = fooled.nonzero().squeeze(1)
                 x_adv[active[out]] = take_rows(xa.value, out)
                 hit[active[out]] = True
-            else:
-                fooled = None
             xa.value = self._step(xa.value, grad, alpha, [s.value for s in state[1:]], eps, ctx)
-            if fooled is not None:  # the fooled rows leave (their step above is discarded)
+            if leaving:  # the fooled rows leave (their step above is discarded)
                 keep = row_index(~fooled)
                 active, ya = active[keep], ya[keep]
                 for s in state:
