@@ -152,9 +152,13 @@ def project(delta: Tensor, norm: Norm, eps: float | Tensor) -> Tensor:
         )
     if norm is Norm.L1:
         return project_l1(delta, eps)
+    return delta * _l2_shrink(delta, e)
+
+
+def _l2_shrink(delta: Tensor, e: float | Tensor) -> Tensor:
+    """Per-sample factor ``min(1, e / ||delta||_2)`` that brings ``delta`` into the l2 ball."""
     n = norm_of(delta, Norm.L2).view(-1, *([1] * (delta.dim() - 1)))
-    factor = torch.clamp(e / (n + _TINY), max=1.0)
-    return delta * factor
+    return torch.clamp(e / (n + _TINY), max=1.0)
 
 
 def _eps_column(eps: float | Tensor, ref: Tensor) -> Tensor:
@@ -362,6 +366,5 @@ def project_delta_(
         return clamped.add_(x).clamp_(lo, hi).sub_(x)
     if norm is Norm.L2:
         delta.add_(x).clamp_(lo, hi).sub_(x)
-        n = norm_of(delta, Norm.L2).view(-1, *([1] * (delta.dim() - 1)))
-        return delta.mul_(torch.clamp(e / (n + _TINY), max=1.0))
+        return delta.mul_(_l2_shrink(delta, e))
     return delta.copy_(project_and_clip(x, x + delta, norm, eps, bounds).sub_(x))
