@@ -11,7 +11,7 @@ from torch import Tensor
 
 from attacks.base import AttackContext, MinimumNormAttack, register_attack
 from attacks.ddn import rows_view
-from attacks.restarts import per_run_values, smallest_over_runs
+from attacks.restarts import per_run_values, scalar_if_single, smallest_over_runs
 from attacks.threat import Norm, norm_of
 from attacks.validation import check_number, check_positive_int
 
@@ -130,7 +130,7 @@ class ALMA(MinimumNormAttack):
         super().__init__(norm, **kwargs)
         self.steps = check_positive_int("steps", steps)
         rates = per_run_values("lr_init", lr_init, self.steps)
-        self.lr_init: float | tuple[float, ...] = rates if len(rates) > 1 else rates[0]
+        self.lr_init = scalar_if_single(rates)
         self.lr_reduction = check_number("lr_reduction", lr_reduction, low_open=True, high=1.0)
         self.mu_init = check_number("mu_init", mu_init, low_open=True)
         self.rho_init = check_number("rho_init", rho_init, low_open=True)

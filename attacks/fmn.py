@@ -12,9 +12,9 @@ from torch import Tensor
 from attacks.base import AttackContext, MinimumNormAttack, register_attack
 from attacks.ddn import cosine_schedule, rows_view, worst_norm
 from attacks.losses import cw_margin
-from attacks.restarts import per_run_values, smallest_over_runs
+from attacks.restarts import per_run_values, scalar_if_single, smallest_over_runs
 from attacks.threat import Norm, dual_norm_of, norm_of, project_delta_
-from attacks.validation import check_number, check_positive_int
+from attacks.validation import check_bool, check_number, check_positive_int
 
 _TINY = 1e-12
 PROJECTIONS = ("ball", "sphere")
@@ -56,6 +56,17 @@ class FMN(MinimumNormAttack):
         alpha_final: Last step size (default ``alpha_init / 100``, per run).
         gamma_init: First relative change of ``eps`` (default 0.05).
         gamma_final: Last relative change of ``eps`` (default 0.001).
+        momentum: Heavy-ball momentum of the normalised steps (default 0, the paper's plain
+            steps): the step is ``alpha * v`` with ``v <- momentum * v + g / ||g||_2``, as in
+            HO-FMN's SGD-with-momentum variant.
+        relative_step: If True, ``alpha`` (and its schedule) is a fraction of each sample's
+            current radius: the step is ``alpha * eps * v`` (default False, the paper's
+            absolute step). The step then follows the scale of the norm being minimised.
+            At l1 the two options pay together: on an FGSM-trained MNIST CNN, ``momentum=
+            0.97, relative_step=True, alpha_init=(0.01, 0.03, 0.1)`` in 1000 steps finds a
+            median l1 norm 0.58x that of the defaults and below ALMA's
+            (``benchmarks/minnorm.py``; set on test images 1000-1200, measured on 0-200).
+            A setting for long runs: heavy momentum needs a few hundred steps per run.
         projection: ``"ball"`` (default, the paper's): project onto the ``eps``-ball;
             ``"sphere"``: rescale every iterate to norm ``eps`` before clipping it into the
             box, as DDN does (and as adv-lib 0.2.8's l2 FMN does in effect), which follows
@@ -73,6 +84,10 @@ class FMN(MinimumNormAttack):
     References:
         Pintor et al., "Fast Minimum-norm Adversarial Attacks through Adaptive Norm
         Constraints", NeurIPS 2021.
+        Mura et al., "HO-FMN: Hyperparameter Optimization for Fast Minimum-Norm Attacks",
+        arXiv:2407.08806, 2024 (FMN with momentum and other optimisers and schedules).
+        Polyak, "Some methods of speeding up the convergence of iteration methods", USSR
+        Comput. Math. and Math. Phys. 1964 (heavy-ball momentum).
         Croce & Hein, "Mind the Box: l1-APGD for Sparse Adversarial Attacks on Image
         Classifiers", ICML 2021 (the l1 projection onto the box).
 
@@ -89,13 +104,15 @@ class FMN(MinimumNormAttack):
         alpha_final: float | None = None,
         gamma_init: float = 0.05,
         gamma_final: float = 0.001,
+        momentum: float = 0.0,
+        relative_step: bool = False,
         projection: str = "ball",
         **kwargs,
     ) -> None:
         super().__init__(norm, **kwargs)
         self.steps = check_positive_int("steps", steps)
         alphas = per_run_values("alpha_init", alpha_init, self.steps)
-        self.alpha_init: float | tuple[float, ...] = alphas if len(alphas) > 1 else alphas[0]
+        self.alpha_init = scalar_if_single(alphas)
         if alpha_final is None:  # None with several runs: each run's alpha_init / 100
             self.alpha_final: float | None = alphas[0] / 100 if len(alphas) == 1 else None
         else:
@@ -104,6 +121,8 @@ class FMN(MinimumNormAttack):
         self.gamma_final = check_number(
             "gamma_final", gamma_final, low=0.0, high=1.0, high_open=True
         )
+        self.momentum = check_number("momentum", momentum, low=0.0, high=1.0, high_open=True)
+        self.relative_step = check_bool("relative_step", relative_step)
         if projection not in PROJECTIONS:
             raise ValueError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
         self.projection = projection
@@ -126,6 +145,7 @@ class FMN(MinimumNormAttack):
         best_norm = torch.full_like(eps, math.inf)
         found = torch.zeros(n, dtype=torch.bool, device=x.device)
         best = x.clone()
+        velocity = torch.zeros_like(x) if self.momentum > 0 else None
         for i in range(steps):
             x_adv = x + delta
             margin, grad, logits = ctx.loss_and_grad(x_adv, lambda z: cw_margin(z, y, ctx.targeted))
@@ -143,8 +163,13 @@ class FMN(MinimumNormAttack):
             eps = torch.where(adv, torch.minimum(eps * (1 - gamma), best_norm), grown)
             eps = torch.minimum(eps, worst)
             alpha = cosine_schedule(alpha_init, alpha_final, i, steps)
-            g_norm = norm_of(grad, Norm.L2).clamp(min=_TINY)
-            delta.add_(grad.mul_(rows_view(alpha / g_norm, grad)))
+            length = alpha * eps if self.relative_step else torch.full_like(eps, alpha)
+            inv_norm = norm_of(grad, Norm.L2).clamp(min=_TINY).reciprocal()
+            if velocity is None:
+                delta.add_(grad.mul_(rows_view(inv_norm.mul_(length), grad)))
+            else:
+                velocity.mul_(self.momentum).add_(grad.mul_(rows_view(inv_norm, grad)))
+                delta.addcmul_(velocity, rows_view(length, velocity))
             delta = self._project(x, delta, eps, bounds)
         return best, best_norm
 

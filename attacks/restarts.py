@@ -96,6 +96,11 @@ def per_run_values(name: str, value: float | Sequence[float], steps: int) -> tup
     return tuple(check_number(name, v, low_open=True) for v in values)
 
 
+def scalar_if_single(values: tuple[float, ...]) -> float | tuple[float, ...]:
+    """How a per-run setting is stored and reported: the value itself if there is one run."""
+    return values if len(values) > 1 else values[0]
+
+
 def smallest_over_runs(
     x: Tensor, settings: float | Sequence[float], steps: int, run: Callable[[int, float], NormRun]
 ) -> Tensor:

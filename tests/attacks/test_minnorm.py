@@ -20,6 +20,8 @@ from attacks.context import AttackContext
 from attacks.ddn import DDN, cosine_schedule, quantize
 from attacks.threat import Norm, norm_of
 
+# the l1 setting of benchmarks/minnorm.py: heavy-ball steps, sized relative to the radius
+L1_TUNED = {"momentum": 0.97, "relative_step": True, "alpha_init": (0.01, 0.03, 0.1)}
 DUAL_P = {Norm.L2: 2.0, Norm.LINF: 1.0, Norm.L1: float("inf")}
 # (attack, settings, norm, median ratio to the optimum, largest ratio)
 LINEAR_CASES = [
@@ -28,6 +30,13 @@ LINEAR_CASES = [
     ("fmn", {}, Norm.L2, 1.001, 1.01),
     ("fmn", {"norm": "linf"}, Norm.LINF, 1.001, 1.01),
     ("fmn", {"norm": "l1", "steps": 300}, Norm.L1, 1.001, 1.01),
+    (
+        "fmn",
+        {"norm": "l1", "steps": 300, **L1_TUNED},
+        Norm.L1,
+        1.001,
+        1.01,
+    ),
     ("alma", {}, Norm.L2, 1.03, 1.5),
     ("alma", {"norm": "l1"}, Norm.L1, 1.12, 4.0),
     ("cw_l2", {}, Norm.L2, 1.005, 1.2),
@@ -125,7 +134,7 @@ def linear_optimum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Nor
 @pytest.mark.parametrize(
     ("name", "kw", "norm", "median_ratio", "max_ratio"),
     LINEAR_CASES,
-    ids=[f"{c[0]}-{c[2].value}" for c in LINEAR_CASES],
+    ids=[f"{c[0]}-{c[2].value}" + ("-tuned" if "momentum" in c[1] else "") for c in LINEAR_CASES],
 )
 def test_linear_model_norms_are_the_exact_minimum(linear, name, kw, norm, median_ratio, max_ratio):
     """No attack reports less than the minimum, and each gets close to it."""
@@ -146,6 +155,7 @@ MLP_CASES = [
     ("fmn", {}),
     ("fmn", {"norm": "linf"}),
     ("fmn", {"norm": "l1"}),
+    ("fmn", {"norm": "l1", "steps": 300, **L1_TUNED}),  # set for long runs (1000 steps)
     ("alma", {}),
     ("alma", {"norm": "l1"}),
     ("cw_l2", {}),
@@ -270,6 +280,8 @@ def test_schedules_and_quantization():
         ("ddn", {"levels": 1}, "levels"),
         ("fmn", {"steps": 0}, "steps"),
         ("fmn", {"gamma_init": -0.1}, "gamma_init"),
+        ("fmn", {"momentum": 1.0}, "momentum"),
+        ("fmn", {"momentum": -0.5}, "momentum"),
         ("alma", {"tau": 0.0}, "tau"),
         ("alma", {"lr_init": ()}, "lr_init needs at least one value"),
         ("fmn", {"alpha_init": [1.0, 0.0]}, "alpha_init"),
@@ -305,6 +317,30 @@ def test_fmn_with_several_step_sizes_keeps_each_samples_smallest_norm(digits_mod
         for a in (1.0, 3.0)
     ]
     torch.testing.assert_close(res.norms, torch.minimum(runs[0].norms, runs[1].norms))
+
+
+@pytest.mark.parametrize(
+    "kw", [{"momentum": 0.9}, {"relative_step": True, "alpha_init": 0.05}, L1_TUNED]
+)
+def test_fmn_step_options_change_the_path_and_keep_the_contract(digits_model, digits_batch, kw):
+    """Momentum 0 and absolute steps are the plain FMN; other settings move differently."""
+    x, y = digits_batch
+    plain = attacks.create("fmn", norm="l1", steps=30)(digits_model, x, y)
+    same = attacks.create("fmn", norm="l1", steps=30, momentum=0.0, relative_step=False)
+    assert torch.equal(plain.norms, same(digits_model, x, y).norms)
+    atk = attacks.create("fmn", norm="l1", steps=30, **kw)
+    assert all(atk.config()[k] == v for k, v in kw.items())
+    res = atk(digits_model, x, y)
+    assert not torch.equal(plain.norms, res.norms)
+    with torch.no_grad():
+        fooled = digits_model(res.x_adv).argmax(1) != y
+    assert torch.equal(res.success, fooled)
+    torch.testing.assert_close(norm_of(res.x_adv - x, Norm.L1)[fooled], res.norms[fooled])
+
+
+def test_fmn_relative_step_must_be_a_bool():
+    with pytest.raises(TypeError, match="relative_step must be True or False"):
+        attacks.create("fmn", relative_step="yes")
 
 
 def test_alma_needs_three_classes():
