@@ -64,7 +64,7 @@ class FMN(MinimumNormAttack):
             absolute step). The step then follows the scale of the norm being minimised.
             At l1 the two options pay together: on an FGSM-trained MNIST CNN, ``momentum=
             0.97, relative_step=True, alpha_init=(0.01, 0.03, 0.1)`` in 1000 steps finds a
-            median l1 norm 0.58x that of the defaults and below ALMA's
+            median l1 norm 0.62x that of the defaults and below ALMA's
             (``benchmarks/minnorm.py``; set on test images 1000-1200, measured on 0-200).
             A setting for long runs: heavy momentum needs a few hundred steps per run.
         projection: ``"ball"`` (default, the paper's): project onto the ``eps``-ball;
