@@ -2,10 +2,57 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor
+
+COST_KEYS = ("wall_time", "n_forward", "n_backward")
+"""What every evaluation's cost counts: seconds, per-sample forward and backward passes."""
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What a piece of evaluation work cost: wall time and per-sample passes.
+
+    The one home of the cost keys (:data:`COST_KEYS`): attack results, curves, certificates,
+    corruption curves and the evaluation engine add :class:`Cost` values.
+
+    Attributes:
+        wall_time: Seconds.
+        n_forward: Per-sample forward passes (a batch of 100 counts 100).
+        n_backward: Per-sample backward passes.
+    """
+
+    wall_time: float = 0.0
+    n_forward: int = 0
+    n_backward: int = 0
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(
+            self.wall_time + other.wall_time,
+            self.n_forward + other.n_forward,
+            self.n_backward + other.n_backward,
+        )
+
+    @classmethod
+    def of(cls, obj: Any) -> Cost:
+        """The cost of an :class:`AttackResult`, a :class:`Cost` or a mapping of the keys."""
+        if isinstance(obj, Cost):
+            return obj
+        get = obj.get if isinstance(obj, Mapping) else lambda k, d: getattr(obj, k, d)
+        return cls(
+            float(get("wall_time", 0.0)), int(get("n_forward", 0)), int(get("n_backward", 0))
+        )
+
+    def to_dict(self) -> dict[str, float]:
+        """``{"wall_time", "n_forward", "n_backward"}`` (JSON-able, MLflow metric values)."""
+        return {
+            "wall_time": float(self.wall_time),
+            "n_forward": int(self.n_forward),
+            "n_backward": int(self.n_backward),
+        }
 
 
 @dataclass
@@ -45,4 +92,4 @@ class AttackResult:
         return (~self.success).float().mean(dim=-1)
 
 
-__all__ = ["AttackResult"]
+__all__ = ["COST_KEYS", "AttackResult", "Cost"]

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from defenses import distributed as dist_utils
+import defenses.distributed as dist_utils
 from defenses.plugins import Plugin, TrainState
 from defenses.storage import atomic_torch_save, load_trusted
 

@@ -23,6 +23,7 @@ References:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import itertools
 import logging
@@ -42,6 +43,8 @@ logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "gloo", "nccl")
 ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+LAUNCH_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+"""What a multi-process launch must set (``LOCAL_RANK`` defaults to 0)."""
 DEFAULT_TIMEOUT_S = 1800.0
 
 
@@ -176,36 +179,57 @@ def init_process_group(
     backend: str = "auto",
     timeout_s: float = DEFAULT_TIMEOUT_S,
     env: Mapping[str, str] | None = None,
+    *,
+    device: torch.device | str | None = None,
 ) -> bool:
-    """Initialise the default process group from the environment when it names several processes.
+    """Start the default process group when the environment names several processes.
+
+    The one starter of the project (training, evaluation, experiments and
+    ``robustbench_local.init_distributed`` all call it), with one behaviour:
+
+    - the backend is checked first, also in a single process (an unknown backend, or NCCL
+      without CUDA, is an error);
+    - nothing happens when a group exists already or ``WORLD_SIZE`` is missing or 1;
+    - ``WORLD_SIZE > 1`` without ``RANK``, ``MASTER_ADDR`` or ``MASTER_PORT`` is an error (half
+      a launch environment is never taken for a single process);
+    - with NCCL, ``cuda:$LOCAL_RANK`` becomes the current device;
+    - a group started here is destroyed at interpreter exit, or earlier when the
+      :func:`distributed_session` block that started it ends.
 
     Args:
         backend: ``"auto"``, ``"gloo"`` or ``"nccl"`` (see :func:`resolve_backend`).
         timeout_s: Timeout of the group's collectives.
         env: The environment (default ``os.environ``; torchrun or SLURM set it).
+        device: The device this process computes on (chooses the ``"auto"`` backend).
 
     Returns:
-        True if this call initialised the group; False when one exists already or
-        ``WORLD_SIZE`` is missing or 1 (a single process).
+        True if this call started the group.
 
     Raises:
         ValueError: A bad backend, or ``WORLD_SIZE > 1`` without the other variables.
     """
+    name = resolve_backend(backend, device)
     env = os.environ if env is None else env
     if dist.is_initialized() or int(env.get("WORLD_SIZE", "1")) <= 1:
         return False
-    missing = [k for k in ENV_VARS if k not in env]
+    missing = [k for k in LAUNCH_VARS if k not in env]
     if missing:
         raise ValueError(
             f"WORLD_SIZE={env['WORLD_SIZE']} but {', '.join(missing)} not set: launch with "
             "torchrun (or srun, whose SLURM variables apply_slurm_environment translates)"
         )
-    name = resolve_backend(backend)
     if name == "nccl":
         set_local_device(env)
     dist.init_process_group(name, timeout=timedelta(seconds=timeout_s))
+    atexit.register(destroy_process_group)
     logger.info("process group: %s, rank %d of %d", name, dist.get_rank(), dist.get_world_size())
     return True
+
+
+def destroy_process_group() -> None:
+    """Destroy the default process group, if there is one (idempotent)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def set_local_device(env: Mapping[str, str] | None = None) -> torch.device:
@@ -254,8 +278,8 @@ def distributed_session(
     try:
         yield is_distributed()
     finally:
-        if started and dist.is_initialized():
-            dist.destroy_process_group()
+        if started:
+            destroy_process_group()
 
 
 # ----------------------------------------------------------------------------- collectives

@@ -35,8 +35,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+import defenses.distributed as dist_utils
 from attacks.validation import check_number, check_positive_int
-from defenses import distributed as dist_utils
 from defenses.checkpoints import restore_last, resume_by_default, resume_default, save_last
 from defenses.data import check_dataset, make_loader, model_device
 from defenses.plugins import Plugin, TrainState

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from robustbench_local import distributed
+import robustbench_local.distributed as distributed
 from robustbench_local.benchmark import benchmark
 from robustbench_local.card import THREAT_MODELS
 from robustbench_local.leaderboard import (

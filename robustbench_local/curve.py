@@ -3,9 +3,10 @@
 A :class:`Curve` is what :func:`robustbench_local.evaluate.robustness_curve` returns and what
 the checks (:mod:`robustbench_local.checks`), the benchmark, the gates and the experiments read:
 the eps grid, one boolean ``[K, N]`` robustness matrix per attack, clean correctness, the cost,
-the health flags, what the reference suite did (:class:`ReferenceRecord`), and its renderings
-(a text table, a figure, JSON). It imports only the health vocabulary, so both the evaluation
-and the checks import it without a cycle.
+the health flags, what the reference suite did
+(:class:`~robustbench_local.reference.ReferenceRecord`), and its renderings (a text table, a
+figure, JSON). It imports no evaluation code, so both the evaluation and the checks import it
+without a cycle. The evaluation builds a curve once, its health included, and never changes it.
 
 The reference row (label ``"reference"``) holds the worst case *with* the reference: a sample
 is robust there when no chosen attack and no reference attack broke it. The reference attacks
@@ -19,7 +20,6 @@ References:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from collections.abc import Mapping
@@ -29,61 +29,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from attacks.result import COST_KEYS
 from robustbench_local.health import ADAPTIVE_SUFFIX, Flag
+from robustbench_local.reference import ReferenceRecord
 
 if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn
     from matplotlib.figure import Figure
-
-
-@dataclass
-class ReferenceRecord:
-    """What the reference suite did in a curve.
-
-    Attributes:
-        label: The row holding the worst case with the reference (``"reference"``, or the
-            chosen attack's label when the chosen attacks include the same suite).
-        mode: ``"auto"`` (headline eps), ``"all"`` (every eps), ``"explicit"`` (a user-chosen
-            reference at the headline eps) or ``"off"`` (opted out: no row).
-        reduced: A user-chosen reference that is not the suite at its full budgets.
-        ran: ``[K]``: the eps where it ran.
-        shared: The chosen attacks include the same suite, so it did not run twice.
-        model: What it attacked (``"as given"``, ``"BPDA ..."``, ``"straight-through"``).
-        config: Its configuration.
-        broken_by: ``eps -> member -> samples`` it broke (summed over batches).
-    """
-
-    label: str | None
-    mode: str
-    reduced: bool = False
-    ran: list[bool] = field(default_factory=list)
-    shared: bool = False
-    model: str = "as given"
-    config: dict[str, Any] = field(default_factory=dict)
-    broken_by: dict[str, dict[str, int]] = field(default_factory=dict)
-
-    @property
-    def display(self) -> str:
-        """How the row is named in tables: ``reference`` or ``reference (reduced)``."""
-        name = self.label or "reference"
-        return f"{name} (reduced)" if self.reduced else name
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> ReferenceRecord:
-        """Rebuild a record from :meth:`to_dict` output."""
-        return cls(
-            label=d.get("label"),
-            mode=str(d["mode"]),
-            reduced=bool(d.get("reduced", False)),
-            ran=[bool(v) for v in d.get("ran", [])],
-            shared=bool(d.get("shared", False)),
-            model=str(d.get("model", "as given")),
-            config=dict(d.get("config") or {}),
-            broken_by={str(k): dict(v) for k, v in (d.get("broken_by") or {}).items()},
-        )
 
 
 @dataclass
@@ -187,8 +138,7 @@ class Curve:
 
     def total_cost(self) -> dict[str, float]:
         """Cost summed over attacks."""
-        keys = ("wall_time", "n_forward", "n_backward")
-        return {k: float(sum(c.get(k, 0) for c in self.cost.values())) for k in keys}
+        return {k: float(sum(c.get(k, 0) for c in self.cost.values())) for k in COST_KEYS}
 
     def _column_name(self, label: str) -> str:
         ref = self.reference

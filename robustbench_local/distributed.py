@@ -32,10 +32,7 @@ References:
 
 from __future__ import annotations
 
-import atexit
-import datetime as dt
 import logging
-import os
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,9 +44,11 @@ from torch import Tensor
 
 from defenses.distributed import (
     BACKENDS,
+    DEFAULT_TIMEOUT_S,
     barrier,
     broadcast_object,
     gather_objects,
+    init_process_group,
     is_main,
     rank,
     resolve_backend,
@@ -58,7 +57,6 @@ from defenses.distributed import (
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-_TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 @dataclass(frozen=True)
@@ -113,62 +111,46 @@ def shard_bounds(n: int, rank: int, size: int) -> tuple[int, int]:
     return lo, lo + base + (1 if rank < extra else 0)
 
 
-def _under_torchrun() -> bool:
-    """True when the environment describes a multi-process job (torchrun, SLURM helpers)."""
-    return all(k in os.environ for k in _TORCHRUN_ENV) and int(os.environ["WORLD_SIZE"]) > 1
-
-
 def init_distributed(
     backend: str = "auto",
     *,
     device: torch.device | str | None = None,
     timeout_s: float | None = None,
 ) -> World:
-    """Initialise the default process group from the environment ``torchrun`` sets.
+    """Start the default process group from the environment ``torchrun`` sets; the world after.
 
-    Does nothing (and returns the current :class:`World`) when a group already exists or when
-    the environment describes a single process. With NCCL, the CUDA device of the local rank
-    (``LOCAL_RANK``) becomes the current device, as NCCL collectives require. The group is
-    destroyed at interpreter exit.
+    The project's one starter, :func:`defenses.distributed.init_process_group`, with its one
+    behaviour: nothing happens in a single process or when a group exists; half a launch
+    environment is an error; with NCCL the local rank's GPU becomes the current device; a
+    group started here is destroyed at interpreter exit.
 
     Args:
         backend: ``"auto"`` (NCCL for a CUDA ``device``, else gloo), ``"gloo"`` or ``"nccl"``.
         device: The device the evaluation runs on (chooses the ``"auto"`` backend).
-        timeout_s: Collective timeout in seconds (default: PyTorch's).
+        timeout_s: Collective timeout in seconds (default: 30 minutes, PyTorch's).
 
     Returns:
         The :class:`World` after initialisation.
 
     Raises:
-        ValueError: An unknown backend, or NCCL requested without CUDA.
+        ValueError: An unknown backend, NCCL requested without CUDA, or ``WORLD_SIZE > 1``
+            without the other launch variables.
     """
-    chosen = resolve_backend(backend, device)
-    if not dist.is_available() or dist.is_initialized() or not _under_torchrun():
-        return world()
-    if chosen == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    timeout = None if timeout_s is None else dt.timedelta(seconds=float(timeout_s))
-    dist.init_process_group(backend=chosen, timeout=timeout)
-    atexit.register(_destroy)
-    here = world()
-    logger.info("initialised a %s process group: rank %d of %d", chosen, here.rank, here.size)
-    return here
-
-
-def _destroy() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    timeout = DEFAULT_TIMEOUT_S if timeout_s is None else float(timeout_s)
+    if dist.is_available():
+        init_process_group(backend, timeout, device=device)
+    else:
+        resolve_backend(backend, device)
+    return world()
 
 
 def setup(device: torch.device | str | None = None) -> World:
     """The world an evaluation on ``device`` runs in; joins the ``torchrun`` job if needed.
 
-    Under ``torchrun`` without a process group, one is initialised (NCCL for a CUDA device, gloo
-    otherwise), so that ``robustness_curve`` shards by itself.
+    Under ``torchrun`` without a process group, one is started (NCCL for a CUDA device, gloo
+    otherwise; :func:`init_distributed`), so that ``robustness_curve`` shards by itself.
     """
-    if dist.is_available() and not dist.is_initialized() and _under_torchrun():
-        return init_distributed("auto", device=device)
-    return world()
+    return init_distributed("auto", device=device)
 
 
 def _comm_device() -> torch.device:

@@ -14,12 +14,13 @@ headline eps (``reference="auto"``) or at every eps (``"all"``); its row and the
 ``weaker_than_reference`` flag (:mod:`robustbench_local.checks.reference`) say whether the
 chosen attacks overestimate robustness. ``reference=False`` opts out, and the health says so.
 
-:func:`robustness_curve` runs in four steps, each its own helper: select the samples and plan
-the runs, evaluate every run (then the reference) per batch, assemble the
-:class:`~robustbench_local.curve.Curve` (defined in :mod:`robustbench_local.curve`, re-exported
-here), then the reference flag and the masking checks. Under ``torchrun`` the sample list is
-sharded over the ranks (:mod:`robustbench_local.distributed`) and with ``state_dir`` every
-finished batch is persisted (:mod:`robustbench_local.state`).
+:func:`robustness_curve` is one straight path: check the arguments and select the samples, run
+the preflight and the gradient probe on the first samples, freeze the plan (:class:`CurvePlan`:
+the rows, the grid, the strategy and the reference), hand it to the evaluation engine
+(:func:`robustbench_local.engine.run_evaluation`: batches with fixed sample ids, sharded over
+the ranks, resumed from ``state_dir``, with progress and cost), and build the
+:class:`~robustbench_local.curve.Curve` once from the engine's per-sample results, its health
+(preflight, resume, the reference flag, the masking checks) included.
 
 References:
     Carlini et al., "On Evaluating Adversarial Robustness", arXiv:1902.06705, 2019.
@@ -30,57 +31,55 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from functools import partial
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 import attacks as atk_lib
 from attacks.base import parse_eps
-from attacks.rng import key_words
+from attacks.result import Cost
 from attacks.validation import check_positive_int
-from defenses.data import DataLike, model_device, tensors_of
+from defenses.data import DataLike, model_device
 from robustbench_local import distributed
 from robustbench_local.checks import masking_checks, preflight
 from robustbench_local.checks.gradients import gradient_probe
 from robustbench_local.checks.reference import check_weaker_than_reference
-from robustbench_local.curve import Curve, ReferenceRecord
-from robustbench_local.data import sample_indices
+from robustbench_local.curve import Curve
+from robustbench_local.engine import (
+    FIRST_SAMPLES,
+    Batch,
+    BatchOutput,
+    Evaluation,
+    EvaluationRun,
+    Progress,
+    load_batch,
+    run_evaluation,
+    select_samples,
+)
 from robustbench_local.health import ADAPTIVE_SUFFIX, Flag, raise_on_errors
 from robustbench_local.planning import Run, attack_runs, plan_runs, reference_model
 from robustbench_local.reference import (
     ReferenceArg,
-    ReferenceSetting,
+    ReferenceRecord,
     reference_rows,
     resolve_reference,
-)
-from robustbench_local.state import (
-    BatchResult,
-    EvalState,
-    PlannedBatch,
-    add_counts,
-    cost_of,
-    fingerprint,
-    merge_parts,
-    plan_batches,
-    resume_flag,
-    run_plan,
 )
 from robustbench_local.strategies import CurveStrategy, get_strategy
 
 logger = logging.getLogger(__name__)
-FIRST_SAMPLES = 128
-"""The global first samples (whatever the batch size or rank): the preflight checks them."""
 MASKING_SAMPLES = 100
-"""The gradient probe and the masking checks use the first this many of them."""
+"""The gradient probe and the masking checks use the first this many samples."""
+CLEAN = "clean"
+ROBUST = "robust/"
+"""Per-sample result names of a curve's batches: ``clean`` and ``robust/<row>``."""
 AttackSpec = Sequence[str | atk_lib.Attack] | Mapping[str, atk_lib.Attack | str]
 
 
@@ -115,112 +114,90 @@ def _validate_grid(eps: Any) -> list[float]:
     return grid
 
 
-def _select_samples(data: DataLike, n_examples: int | None, seed: int) -> Tensor:
-    """Dataset indices to evaluate: all, or a fixed subset of ``n_examples`` chosen by ``seed``.
+@dataclass(frozen=True)
+class CurvePlan(Evaluation):
+    """What a robustness curve runs on every batch: the engine's attack kind, frozen.
 
-    Raises:
-        ValueError: ``n_examples`` is not in ``[1, len(data)]``.
-    """
-    total = len(data[0]) if isinstance(data, tuple) else len(data)
-    n = total if n_examples is None else int(n_examples)
-    if not 0 < n <= total:
-        raise ValueError(
-            f"n_examples={n_examples} but the data has {total} samples; "
-            f"pass 0 < n_examples <= {total}"
-        )
-    return sample_indices(total, n, seed) if n < total else torch.arange(total)
-
-
-def _load_batch(data: DataLike, ids: Tensor, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-    """``(x, y, ids)`` of the samples ``ids`` on ``device``.
-
-    ``ids`` are the samples' dataset indices: every random draw of an attack derives from
-    (seed, id), so a sample's result does not depend on the batch, rank or call it lands in.
-    """
-    x, y = tensors_of(data, ids)
-    return x.to(device), y.to(device=device, dtype=torch.long), ids.to(device)
-
-
-@dataclass
-class _Tally:
-    """What one batch adds up to: per-row robustness and cost, clean correctness, health.
-
-    ``robust[label]`` is a list with one CPU ``bool [K, n_b]`` tensor per batch (True: still
-    robust), ``clean`` one CPU ``bool [n_b]`` per batch, ``cost[label]`` sums ``wall_time``/
-    ``n_forward``/``n_backward``, and ``broken_by`` sums the reference's
-    ``eps -> member -> samples`` counts. :meth:`batch` turns it into the plain
-    :class:`~robustbench_local.state.BatchResult` that is saved and gathered across ranks.
+    Attributes:
+        runs: The rows: the chosen attacks and their derived runs (:mod:`.planning`).
+        grid: The eps grid, strictly increasing.
+        strategy: How each attack covers the grid (:mod:`.strategies`).
+        reference: The reference suite's record (its ``suite`` runs unless off or shared).
+        reference_model: The model the reference attacks.
     """
 
-    robust: dict[str, list[Tensor]]
-    cost: dict[str, dict[str, float]]
-    clean: list[Tensor] = field(default_factory=list)
-    health: list[Flag] = field(default_factory=list)
-    broken_by: dict[str, dict[str, int]] = field(default_factory=dict)
-
-    @classmethod
-    def start(cls, labels: Sequence[str]) -> _Tally:
-        zero = {"wall_time": 0.0, "n_forward": 0, "n_backward": 0}
-        return cls({label: [] for label in labels}, {label: dict(zero) for label in labels})
-
-    def add(self, label: str, res: atk_lib.AttackResult) -> None:
-        """Record one run's result on one batch."""
-        self.record(label, ~res.success, res)
-
-    def record(self, label: str, robust: Tensor, cost: Any) -> None:
-        """Record a row's ``bool [K, n_b]`` robustness on one batch and its cost."""
-        self.robust[label].append(robust.cpu())
-        acc = self.cost[label]
-        for key in acc:
-            acc[key] += cost[key] if isinstance(cost, Mapping) else getattr(cost, key)
-
-    def alive(self, labels: Sequence[str]) -> Tensor:
-        """``bool [K, n_b]`` of the last batch: clean-correct and robust under every row."""
-        out = self.clean[-1].unsqueeze(0).clone()
-        for label in labels:
-            out = out & self.robust[label][-1]
-        return out
-
-    def batch(self, lo: int, hi: int) -> BatchResult:
-        """The tally of one batch (positions ``[lo, hi)``) as the plain per-batch structure."""
-        robust = {k: torch.cat(v, dim=1) for k, v in self.robust.items()}
-        return BatchResult(lo, hi, torch.cat(self.clean), robust, self.cost, counts=self.broken_by)
-
-    @classmethod
-    def of(
-        cls, results: Sequence[BatchResult], labels: Sequence[str], health: list[Flag]
-    ) -> _Tally:
-        """The tally of every batch of the curve, in sample-list order."""
-        robust = {k: [r.robust[k] for r in results] for k in labels}
-        clean = [r.clean for r in results]
-        counts = add_counts(r.counts for r in results)
-        return cls(robust, cost_of(results, labels), clean, list(health), counts)
-
-
-@dataclass
-class _Plan:
-    """What a curve runs: its rows, the reference (if it runs) and the model it attacks."""
-
-    runs: list[Run]
-    reference: ReferenceSetting
-    reference_model: nn.Module
-    reference_target: str
+    kind: ClassVar[str] = "attacks"
+    runs: tuple[Run, ...]
+    grid: tuple[float, ...]
     strategy: CurveStrategy
+    reference: ReferenceRecord
+    reference_model: nn.Module
 
-    @property
-    def labels(self) -> list[str]:
-        """Every row label, the reference's last."""
+    def rows(self) -> list[str]:
+        """Every row label, the reference's last (when it runs)."""
         ref = self.reference
-        extra = [ref.label] if ref.suite is not None and ref.label is not None else []
-        return [r.label for r in self.runs] + extra
+        return [r.label for r in self.runs] + ([ref.label] if ref.runs and ref.label else [])
 
     def configs(self) -> dict[str, Any]:
-        """Every row's attack configuration (the reference's included)."""
+        """Every row's configuration (the one home: the state and the curve both record it)."""
         how = self.strategy.config()
         out: dict[str, Any] = {r.label: {**r.attack.config(), "strategy": how} for r in self.runs}
-        if self.reference.suite is not None and self.reference.label is not None:
+        if self.reference.runs and self.reference.label is not None:
             out[self.reference.label] = self.reference.config
         return out
+
+    def config(self) -> dict[str, Any]:
+        """The eps grid and every row's configuration (the state fingerprint)."""
+        return {"eps": list(self.grid), "attacks": self.configs()}
+
+    def sample_shapes(self, n: int) -> dict[str, tuple[int, ...]]:
+        """``clean`` ``[n]`` and ``robust/<row>`` ``[K, n]``."""
+        k = len(self.grid)
+        return {CLEAN: (n,), **{f"{ROBUST}{label}": (k, n) for label in self.rows()}}
+
+    def evaluate(self, model: nn.Module, batch: Batch, progress: Progress) -> BatchOutput:
+        """Clean correctness, every row over the whole grid, then the reference on survivors."""
+        x, y, ids = batch.x, batch.y, batch.ids
+        with atk_lib.model_guard(model, eval_mode=True), torch.no_grad():
+            clean = model(x).argmax(1) == y
+        robust: dict[str, Tensor] = {}
+        cost: dict[str, Cost] = {}
+        for run in self.runs:
+            with progress.row(run.label):
+                res = self.strategy(run.attack, run.model, x, y, list(self.grid), ids)
+            robust[run.label], cost[run.label] = ~res.success, Cost.of(res)
+        counts: dict[str, dict[str, int]] = {}
+        ref = self.reference
+        if ref.runs and ref.suite is not None and ref.label is not None:
+            alive = clean.unsqueeze(0) & torch.stack(list(robust.values())).all(0)
+            with progress.row(ref.label):
+                rows = reference_rows(
+                    ref.suite, self.reference_model, x, y, ids, self.grid, ref.ran, alive
+                )
+            robust[ref.label], cost[ref.label], counts = rows.robust, rows.cost, rows.broken_by
+        samples = {CLEAN: clean, **{f"{ROBUST}{k}": v for k, v in robust.items()}}
+        return BatchOutput(samples, cost, counts)
+
+    def curve(self, run: EvaluationRun, seed: int, health: Sequence[Flag]) -> Curve:
+        """The curve of the engine's results (its health as given)."""
+        why = {r.label: r.why for r in self.runs}
+        ref = self.reference
+        if ref.runs and ref.label is not None:
+            why[ref.label] = "the reference suite, on the samples every run left standing"
+        return Curve(
+            eps=torch.tensor(self.grid, dtype=torch.float64),
+            attacks=self.rows(),
+            robust={label: run.samples[f"{ROBUST}{label}"] for label in self.rows()},
+            clean_correct=run.samples[CLEAN],
+            indices=run.indices,
+            cost={label: c.to_dict() for label, c in run.cost.items()},
+            seed=seed,
+            norm=self.runs[0].attack.norm.value,
+            health=list(health),
+            attack_configs=self.configs(),
+            reference=dataclasses.replace(ref, broken_by=run.counts),
+            why=why,
+        )
 
 
 def robustness_curve(
@@ -289,130 +266,47 @@ def robustness_curve(
     sweep = get_strategy(strategy)
     attack_map = resolve_attacks(attacks, seed)
     check_positive_int("batch_size", batch_size)
-    indices = _select_samples(data, n_examples, seed)
-    setting = resolve_reference(reference, attack_map, grid, headline_eps, seed)
+    indices = select_samples(data, n_examples, seed)
+    record = resolve_reference(reference, attack_map, grid, headline_eps, seed)
     dev = torch.device(device) if device is not None else model_device(model)
     world = distributed.setup(dev)
     torch.manual_seed(seed)
-    first = _load_batch(data, indices[:FIRST_SAMPLES], dev)[:2]
+    first = load_batch(data, indices[:FIRST_SAMPLES], dev)[:2]
     x0, y0 = (t[:MASKING_SAMPLES] for t in first)
     health = distributed.decide_once(_preflight, model, *first, attack_map) if checks else []
-    plan = _plan(model, attack_map, adaptive, setting, x0, y0, sweep)
-    store = _open_state(state_dir, world, model, data, indices, first, grid, plan, seed)
-    batches = plan_batches(*world.shard(len(indices)), batch_size, store)
-    with _progress_bar(batches, plan.labels, progress and world.is_main) as bar:
-        attack = partial(_attack_batch, model, plan, data, indices, grid, dev, seed, bar)
-        mine = run_plan(batches, attack, store, plan.labels, len(grid))
-    results = merge_parts(distributed.gather_objects(mine), len(indices))
-    curve = _assemble(_Tally.of(results, plan.labels, health), plan, grid, indices, seed)
-    if store is not None:
-        curve.health.append(resume_flag(results, store))
-    curve.health.append(check_weaker_than_reference(curve))
+    plan = plan_curve(model, attack_map, adaptive, record, x0, y0, sweep, grid)
+    run = run_evaluation(
+        plan, model, data, indices=indices, batch_size=batch_size, seed=seed, device=dev,
+        state_dir=state_dir, progress=progress, desc="robustness curve",
+    )  # fmt: skip
+    draft = plan.curve(run, seed, [*health, *run.flags])
+    health = [*draft.health, check_weaker_than_reference(draft)]
     if checks:
         kw = check_kwargs or {}
-        curve.health += distributed.decide_once(
-            masking_checks, curve, model, x0, y0, attack_map, **kw
-        )
+        health += distributed.decide_once(masking_checks, draft, model, x0, y0, attack_map, **kw)
+    curve = dataclasses.replace(draft, health=health)
     if world.is_main:
         logger.info("robustness curve done:\n%s", curve.table())
     return curve
 
 
-def _plan(
+def plan_curve(
     model: nn.Module,
     attack_map: Mapping[str, atk_lib.Attack],
     adaptive: bool | str,
-    setting: ReferenceSetting,
+    reference: ReferenceRecord,
     x: Tensor,
     y: Tensor,
     strategy: CurveStrategy,
-) -> _Plan:
-    """Probe the gradients on the first samples (once, on rank 0) and plan the rows."""
+    grid: Sequence[float],
+) -> CurvePlan:
+    """Probe the gradients on the first samples (once, on rank 0) and freeze the curve's plan."""
     report = distributed.decide_once(gradient_probe, model, x, y)
     logger.debug("gradient probe: %s", report)
     runs = plan_runs(model, attack_map, adaptive, report)
     ref_model, target = reference_model(model, adaptive, report)
-    return _Plan(runs, setting, ref_model, target, strategy)
-
-
-def _open_state(
-    state_dir: str | os.PathLike[str] | None,
-    world: distributed.World,
-    model: nn.Module,
-    data: DataLike,
-    indices: Tensor,
-    first: Sequence[Tensor],
-    grid: list[float],
-    plan: _Plan,
-    seed: int,
-) -> EvalState | None:
-    """The evaluation's resumable state (None without ``state_dir``); ranks checked alike.
-
-    Raises:
-        ValueError: The ranks evaluate different models, data or settings, or ``state_dir``
-            holds another evaluation's state.
-    """
-    if state_dir is None and not world.distributed:
-        return None
-    total = len(data[0]) if isinstance(data, tuple) else len(data)
-    fp = fingerprint(
-        model, total=total, indices=indices, first=first, eps=grid, configs=plan.configs(),
-        seed=seed,
-    )  # fmt: skip
-    distributed.check_same("the evaluation (model weights, samples, eps, attacks, seed)", fp)
-    return None if state_dir is None else EvalState.open(state_dir, fp)
-
-
-def _progress_bar(batches: Sequence[PlannedBatch], labels: Sequence[str], show: bool) -> tqdm:
-    """A bar over every (batch, row) pair this process attacks."""
-    total = sum(b.path is None for b in batches) * len(labels)
-    return tqdm(total=total, desc="robustness curve", disable=not show, leave=False)
-
-
-def _attack_batch(
-    model: nn.Module,
-    plan: _Plan,
-    data: DataLike,
-    indices: Tensor,
-    grid: list[float],
-    device: torch.device,
-    seed: int,
-    bar: tqdm,
-    lo: int,
-    hi: int,
-) -> BatchResult:
-    """Attack the samples at positions ``[lo, hi)`` of the sample list with every row.
-
-    The global RNG (used by random models and EOT) is reseeded from (seed, lo), so the batch
-    gives the same result whichever rank or call attacks it.
-    """
-    x, y, ids = _load_batch(data, indices[lo:hi], device)
-    torch.manual_seed(key_words(seed, ("batch", lo))[0])
-    tally = _Tally.start(plan.labels)
-    _evaluate_batch(model, plan.runs, x, y, ids, grid, tally, bar, plan.strategy)
-    _reference_batch(plan, x, y, ids, grid, tally, bar)
-    return tally.batch(lo, hi)
-
-
-def _reference_batch(
-    plan: _Plan,
-    x: Tensor,
-    y: Tensor,
-    ids: Tensor,
-    grid: list[float],
-    tally: _Tally,
-    bar: tqdm,
-) -> None:
-    """The reference suite on the samples every run of this batch left standing."""
-    ref = plan.reference
-    if ref.suite is None or ref.label is None:
-        return
-    bar.set_postfix_str(ref.label)
-    alive = tally.alive([r.label for r in plan.runs])
-    rows = reference_rows(ref.suite, plan.reference_model, x, y, ids, grid, ref.ran, alive)
-    tally.record(ref.label, rows.robust, rows.cost)
-    tally.broken_by = add_counts([tally.broken_by, rows.broken_by])
-    bar.update()
+    record = dataclasses.replace(reference, model=target)
+    return CurvePlan(tuple(runs), tuple(float(e) for e in grid), strategy, record, ref_model)
 
 
 def _preflight(
@@ -424,65 +318,14 @@ def _preflight(
     return flags
 
 
-def _evaluate_batch(
-    model: nn.Module,
-    runs: Sequence[Run],
-    x: Tensor,
-    y: Tensor,
-    ids: Tensor,
-    grid: list[float],
-    tally: _Tally,
-    bar: tqdm,
-    sweep: CurveStrategy | str = "auto",
-) -> None:
-    """Clean correctness and every run's attack over the whole grid on one batch."""
-    with atk_lib.model_guard(model, eval_mode=True), torch.no_grad():
-        tally.clean.append((model(x).argmax(1) == y).cpu())
-    for run in runs:
-        bar.set_postfix_str(run.label)
-        tally.add(run.label, get_strategy(sweep)(run.attack, run.model, x, y, grid, ids))
-        bar.update()
-
-
-def _assemble(tally: _Tally, plan: _Plan, grid: list[float], indices: Tensor, seed: int) -> Curve:
-    """The curve of the batches' results (health: the preflight's flags so far)."""
-    ref = plan.reference
-    configs = {r.label: r.attack.config() for r in plan.runs}
-    why = {r.label: r.why for r in plan.runs}
-    if ref.suite is not None and ref.label is not None:
-        configs[ref.label] = ref.config
-        why[ref.label] = "the reference suite, on the samples every run left standing"
-    record = ReferenceRecord(
-        label=ref.label,
-        mode=ref.mode,
-        reduced=ref.reduced,
-        ran=list(ref.ran),
-        shared=ref.shared,
-        model=plan.reference_target,
-        config=ref.config,
-        broken_by=tally.broken_by,
-    )
-    return Curve(
-        eps=torch.tensor(grid, dtype=torch.float64),
-        attacks=plan.labels,
-        robust={k: torch.cat(v, dim=1) for k, v in tally.robust.items()},
-        clean_correct=torch.cat(tally.clean),
-        indices=indices,
-        cost=tally.cost,
-        seed=seed,
-        norm=plan.runs[0].attack.norm.value,
-        health=list(tally.health),
-        attack_configs=configs,
-        reference=record,
-        why=why,
-    )
-
-
 __all__ = [
     "ADAPTIVE_SUFFIX",
     "Curve",
+    "CurvePlan",
+    "DataLike",
     "Run",
     "attack_runs",
+    "plan_curve",
     "plan_runs",
     "resolve_attacks",
     "robustness_curve",

@@ -41,11 +41,10 @@ References:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -57,8 +56,10 @@ from attacks.base import AttackContext
 from attacks.fab import FAB
 from attacks.losses import dlr
 from attacks.restarts import run_restarts
+from attacks.result import Cost
 from attacks.validation import check_positive_int
 from robustbench_local.card import THREAT_MODELS, check_threat_model
+from robustbench_local.utils import plain
 
 logger = logging.getLogger(__name__)
 
@@ -311,29 +312,69 @@ ReferenceArg = bool | str | atk_lib.Attack
 """What ``robustness_curve(reference=...)`` takes: ``"auto"``, ``"all"``, ``False`` or an Attack."""
 
 
-@dataclass
-class ReferenceSetting:
-    """How a curve uses the reference: which suite, at which eps, under which label.
+@dataclass(frozen=True)
+class ReferenceRecord:
+    """The reference of a curve: its settings, where it runs, and what it found.
+
+    The one record of the reference suite in an evaluation: :func:`resolve_reference` decides
+    it before the first batch, the curve's plan runs :attr:`suite` on each batch
+    (:func:`reference_rows`), and the finished curve holds it with the summed
+    :attr:`broken_by` (:attr:`robustbench_local.curve.Curve.reference`).
 
     Attributes:
-        suite: The attack (None when opted out or shared with a chosen attack).
+        label: The curve row holding the worst case with the reference (``"reference"``, or
+            the chosen attack's label when the chosen attacks include the same suite; None
+            when off).
         mode: ``"auto"`` (headline eps), ``"all"`` (every eps), ``"explicit"`` (a user-chosen
-            attack, at the headline eps) or ``"off"``.
+            reference at the headline eps) or ``"off"`` (opted out: no row).
         reduced: A user-chosen reference that is not the suite at its full budgets.
-        ran: ``[K]`` the eps where it runs.
-        label: The curve row holding the worst case with the reference (a chosen attack's
-            label when shared; None when off).
-        shared: The chosen attacks include the same suite (same config): it does not run twice.
-        config: The reference's configuration.
+        ran: ``[K]``: the eps where it runs.
+        shared: The chosen attacks include the same suite (same configuration), so it does not
+            run twice.
+        model: What it attacks (``"as given"``, ``"BPDA ..."``, ``"straight-through"``).
+        config: Its configuration.
+        broken_by: ``eps -> member -> samples`` it broke (summed over batches).
+        suite: The attack that runs (None when off or shared; not saved with the curve).
     """
 
-    suite: atk_lib.Attack | None
+    label: str | None
     mode: str
     reduced: bool = False
     ran: list[bool] = field(default_factory=list)
-    label: str | None = None
     shared: bool = False
+    model: str = "as given"
     config: dict[str, Any] = field(default_factory=dict)
+    broken_by: dict[str, dict[str, int]] = field(default_factory=dict)
+    suite: atk_lib.Attack | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def runs(self) -> bool:
+        """True when the reference attacks in this curve (not off, not shared)."""
+        return self.suite is not None and self.label is not None
+
+    @property
+    def display(self) -> str:
+        """How the row is named in tables: ``reference`` or ``reference (reduced)``."""
+        name = self.label or "reference"
+        return f"{name} (reduced)" if self.reduced else name
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (the suite itself is described by :attr:`config`)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "suite"}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ReferenceRecord:
+        """Rebuild a record from :meth:`to_dict` output."""
+        return cls(
+            label=d.get("label"),
+            mode=str(d["mode"]),
+            reduced=bool(d.get("reduced", False)),
+            ran=[bool(v) for v in d.get("ran", [])],
+            shared=bool(d.get("shared", False)),
+            model=str(d.get("model", "as given")),
+            config=dict(d.get("config") or {}),
+            broken_by={str(k): dict(v) for k, v in (d.get("broken_by") or {}).items()},
+        )
 
 
 def headline_index(grid: Sequence[float], headline_eps: float | None) -> int:
@@ -353,18 +394,13 @@ def headline_index(grid: Sequence[float], headline_eps: float | None) -> int:
     )
 
 
-def plain(value: Any) -> Any:
-    """``value`` as plain JSON types (tuples become lists), so configs compare and round-trip."""
-    return json.loads(json.dumps(value, default=str))
-
-
 def resolve_reference(
     reference: ReferenceArg,
     attack_map: Mapping[str, atk_lib.Attack],
     grid: Sequence[float],
     headline_eps: float | None = None,
     seed: int = 0,
-) -> ReferenceSetting:
+) -> ReferenceRecord:
     """Decide the reference of a curve from ``robustness_curve``'s ``reference`` argument.
 
     Raises:
@@ -373,7 +409,7 @@ def resolve_reference(
     """
     k = headline_index(grid, headline_eps)
     if reference is False:
-        return ReferenceSetting(None, "off")
+        return ReferenceRecord(None, "off")
     first = next(iter(attack_map.values()))
     if isinstance(reference, atk_lib.Attack):
         suite, mode = reference, "explicit"
@@ -387,7 +423,7 @@ def resolve_reference(
         mode = "auto" if reference is True else str(reference)
         if first.norm.value not in THREAT_MODELS:
             logger.warning(NO_SUITE, first.norm.value)
-            return ReferenceSetting(None, "off")
+            return ReferenceRecord(None, "off")
         suite = standard_suite(first.norm.value, seed=seed, bounds=first.bounds)
     else:
         raise ValueError(
@@ -400,8 +436,8 @@ def resolve_reference(
     shared = next((lbl for lbl, a in attack_map.items() if plain(a.config()) == config), None)
     if shared is not None:
         logger.info("the chosen attack %r is the reference suite: it does not run twice", shared)
-        return ReferenceSetting(None, mode, reduced, [True] * len(grid), shared, True, config)
-    return ReferenceSetting(suite, mode, reduced, ran, REFERENCE_LABEL, False, config)
+        return ReferenceRecord(shared, mode, reduced, [True] * len(grid), True, config=config)
+    return ReferenceRecord(REFERENCE_LABEL, mode, reduced, ran, config=config, suite=suite)
 
 
 _SETTING_KEYS = tuple(DEFAULT_BUDGETS)
@@ -447,19 +483,19 @@ def reference_from_config(
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class ReferenceRows:
-    """The reference's result on one batch (plain tensors and numbers, CPU).
+    """The reference's result on one batch.
 
     Attributes:
         robust: ``bool [K, n]``: robust under the chosen attacks and the reference (nested: a
             sample the reference breaks at eps ``e`` is broken at every larger eps).
-        cost: ``{"wall_time", "n_forward", "n_backward"}``.
+        cost: What it cost on the batch.
         broken_by: ``eps -> member -> samples`` the member broke (as strings, JSON keys).
     """
 
     robust: Tensor
-    cost: dict[str, float]
+    cost: Cost
     broken_by: dict[str, dict[str, int]]
 
 
@@ -480,7 +516,7 @@ def reference_rows(
     """
     alive = alive.to(x.device)
     broken = torch.zeros_like(alive)
-    cost = {"wall_time": 0.0, "n_forward": 0.0, "n_backward": 0.0}
+    cost = Cost()
     broken_by: dict[str, dict[str, int]] = {}
     for k in (i for i, r in enumerate(ran) if r):
         idx = (alive[k] & ~broken[k]).nonzero().squeeze(1)
@@ -490,12 +526,10 @@ def reference_rows(
         hit = torch.zeros_like(alive[k])
         hit[idx] = res.success
         broken[k:] |= hit
-        cost["wall_time"] += res.wall_time
-        cost["n_forward"] += res.n_forward
-        cost["n_backward"] += res.n_backward
+        cost = cost + Cost.of(res)
         members = next(iter(res.details.get("broken_by", {}).values()), {})  # one eps per call
         broken_by[f"{float(grid[k]):g}"] = {m: int(v) for m, v in members.items()}
-    return ReferenceRows((alive & ~broken).cpu(), cost, broken_by)
+    return ReferenceRows(alive & ~broken, cost, broken_by)
 
 
 __all__ = [
@@ -509,12 +543,11 @@ __all__ = [
     "SUITE_VERSION",
     "APGDDLRUntargeted",
     "ReferenceArg",
+    "ReferenceRecord",
     "ReferenceRows",
-    "ReferenceSetting",
     "ReferenceSuite",
     "headline_index",
     "is_random",
-    "plain",
     "reference_from_config",
     "reference_rows",
     "resolve_reference",

@@ -1,14 +1,15 @@
 """Resumable evaluation: every finished batch persisted atomically, skipped when run again.
 
-``robustness_curve(..., state_dir=...)`` keeps one :class:`EvalState` per evaluation: a folder
-with a ``manifest.json`` (the evaluation's :func:`fingerprint`: the model's weights digest, a
-hash of the sample list and its first samples, the eps grid, every run's attack configuration
-and the seed) and one file per finished batch in ``batches/`` (``<lo>-<hi>.pt``, the batch's
-positions ``[lo, hi)`` in the fixed sample list; written through
+Every evaluation of the engine (``robustness_curve``, ``certify``, ``corruption_curve``) given
+a ``state_dir`` keeps one :class:`EvalState` there: a folder with a ``manifest.json`` (the
+evaluation's :func:`fingerprint`: its kind, the model's weights digest, a hash of the sample
+list and its first samples, the seed and the kind's settings, for a curve the eps grid and every
+run's attack configuration) and one file per finished batch in ``batches/`` (``<lo>-<hi>.pt``,
+the batch's positions ``[lo, hi)`` in the fixed sample list; written through
 :func:`defenses.storage.atomic_torch_save`, so a kill, SIGKILL included, leaves either the
 whole batch or nothing). The same call after a kill plans its batches around the stored ones
-(:func:`plan_batches`), attacks only the rest and returns the same curve; the curve's cost then
-counts only what this call attacked, and an info flag ``resumed`` says how many samples came
+(:func:`plan_batches`), evaluates only the rest and returns the same result; its cost then
+counts only what this call computed, and an info flag ``resumed`` says how many samples came
 from the state. A state written for another evaluation is refused with a message that says what
 differs and what to do (:class:`StateMismatchError`).
 
@@ -17,67 +18,68 @@ and writes only the batches of its own slice, and rank 0 alone checks and writes
 (:func:`robustbench_local.distributed.decide_once`). Keep ``state_dir`` on a file system every
 rank sees.
 
-:class:`BatchResult` is also the plain per-batch structure the evaluation gathers across ranks.
+This module only stores: it never calls back into an evaluation. The loop that plans, runs,
+saves and gathers batches is :func:`robustbench_local.engine.run_evaluation`; a
+:class:`BatchRecord` is the one per-batch type it saves here and gathers across ranks.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import pickle
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
+from attacks.result import Cost
 from defenses.storage import atomic_torch_save, atomic_write_json, load_trusted
 from robustbench_local.distributed import decide_once
-from robustbench_local.health import Flag, passed
+from robustbench_local.utils import plain, samples_digest
 
 logger = logging.getLogger(__name__)
 
-STATE_FORMAT = 1
+STATE_FORMAT = 2
 """Bump when the stored layout changes; states of another format are refused."""
 MANIFEST = "manifest.json"
 BATCHES = "batches"
 _BATCH_NAME = re.compile(r"^(\d+)-(\d+)\.pt$")
-COST_KEYS = ("wall_time", "n_forward", "n_backward")
 
 
 class StateMismatchError(ValueError):
     """A ``state_dir`` holds the state of another evaluation (or is not a state at all)."""
 
 
-@dataclass
-class BatchResult:
-    """What one batch of an evaluation produced: the plain structure saved and gathered.
+@dataclass(frozen=True)
+class BatchRecord:
+    """What one batch of an evaluation produced: the one per-batch type, saved and gathered.
 
     Attributes:
         lo: Position of the batch's first sample in the fixed sample list.
         hi: One past the position of its last sample (``hi - lo`` samples).
-        clean: ``bool [n]``: clean correctness.
-        robust: ``label -> bool [K, n]``: robust under that run at each eps.
-        cost: ``label -> {"wall_time", "n_forward", "n_backward"}`` spent on this batch.
-        extra: Further per-sample tensors (last dimension ``n``) a run wants kept.
-        counts: ``eps -> name -> samples`` counts of the batch (the reference's members that
-            broke samples), summed over batches by :func:`add_counts`.
-        resumed: True when loaded from a state rather than attacked by this call (not saved).
+        samples: ``name -> tensor`` of per-sample results, last dimension ``hi - lo`` (CPU).
+        cost: ``row -> Cost`` spent on this batch.
+        counts: ``key -> name -> count`` tallies of the batch (e.g. the reference's
+            ``broken_by``), summed over batches by the engine.
+        resumed: True when loaded from a state rather than computed by this call (not saved).
     """
 
     lo: int
     hi: int
-    clean: Tensor
-    robust: dict[str, Tensor]
-    cost: dict[str, dict[str, float]]
-    extra: dict[str, Tensor] = field(default_factory=dict)
+    samples: dict[str, Tensor]
+    cost: dict[str, Cost] = field(default_factory=dict)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     resumed: bool = False
+
+    @property
+    def n(self) -> int:
+        """Number of samples in the batch."""
+        return self.hi - self.lo
 
     def to_record(self) -> dict[str, Any]:
         """A dict of tensors and plain numbers (loadable with ``weights_only=True``)."""
@@ -85,91 +87,68 @@ class BatchResult:
             "format": STATE_FORMAT,
             "lo": self.lo,
             "hi": self.hi,
-            "clean": self.clean.cpu(),
-            "robust": {k: v.cpu() for k, v in self.robust.items()},
-            "cost": {k: {c: float(v.get(c, 0)) for c in COST_KEYS} for k, v in self.cost.items()},
-            "extra": {k: v.cpu() for k, v in self.extra.items()},
+            "samples": {k: v.cpu() for k, v in self.samples.items()},
+            "cost": {k: Cost.of(v).to_dict() for k, v in self.cost.items()},
             "counts": {k: {m: int(n) for m, n in v.items()} for k, v in self.counts.items()},
         }
 
     @classmethod
-    def from_record(cls, rec: Mapping[str, Any]) -> BatchResult:
-        """Rebuild a (resumed) batch result from :meth:`to_record` output."""
+    def from_record(cls, rec: Mapping[str, Any]) -> BatchRecord:
+        """Rebuild a (resumed) batch record from :meth:`to_record` output."""
+        if rec.get("format") != STATE_FORMAT:
+            raise ValueError(f"state format {rec.get('format')!r}, expected {STATE_FORMAT}")
         return cls(
             lo=int(rec["lo"]),
             hi=int(rec["hi"]),
-            clean=rec["clean"].to(torch.bool),
-            robust={k: v.to(torch.bool) for k, v in rec["robust"].items()},
-            cost={k: dict(v) for k, v in rec["cost"].items()},
-            extra=dict(rec.get("extra", {})),
+            samples=dict(rec["samples"]),
+            cost={k: Cost.of(v) for k, v in rec["cost"].items()},
             counts={k: dict(v) for k, v in rec.get("counts", {}).items()},
             resumed=True,
         )
 
-    def check(self, labels: Sequence[str], n_eps: int) -> None:
-        """Check the shapes and labels against the evaluation.
+    def check(self, rows: Sequence[str], shapes: Mapping[str, tuple[int, ...]] | None) -> None:
+        """Check the record against its evaluation: its rows and per-sample shapes.
+
+        Args:
+            rows: The evaluation's rows (the record's cost must have exactly these).
+            shapes: ``name -> shape`` every sample tensor must have (None: only the last
+                dimension, ``hi - lo``, is checked).
 
         Raises:
-            ValueError: Another set of runs, or a matrix of the wrong shape.
+            ValueError: Another set of rows or samples, or a tensor of the wrong shape.
         """
-        n = self.hi - self.lo
-        if sorted(self.robust) != sorted(labels):
-            raise ValueError(f"batch [{self.lo}, {self.hi}) has runs {sorted(self.robust)}")
-        bad = [k for k, v in self.robust.items() if tuple(v.shape) != (n_eps, n)]
-        if bad or tuple(self.clean.shape) != (n,):
-            raise ValueError(f"batch [{self.lo}, {self.hi}) has matrices of the wrong shape")
-
-
-_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
-
-
-def _text(obj: Any) -> str:
-    """An object's text without its memory address (which differs between processes)."""
-    return _ADDRESS.sub("", str(obj))
-
-
-def _plain(value: Any) -> Any:
-    """``value`` as plain JSON types (tuples as lists, anything else as its text)."""
-    return json.loads(json.dumps(value, default=_text, sort_keys=True))
-
-
-def _tensor_bytes(t: Tensor) -> bytes:
-    t = t.detach().cpu().contiguous()
-    return t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
-
-
-def samples_digest(total: int, indices: Tensor, first: Iterable[Tensor]) -> str:
-    """sha256 of the data size, the sample list and the first samples' bytes (dtype, shape)."""
-    h = hashlib.sha256(f"{int(total)}\0".encode())
-    h.update(_tensor_bytes(indices.to(torch.int64)))
-    for t in first:
-        h.update(f"\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        h.update(_tensor_bytes(t))
-    return h.hexdigest()
+        where = f"batch [{self.lo}, {self.hi})"
+        if sorted(self.cost) != sorted(rows):
+            raise ValueError(f"{where} has runs {sorted(self.cost)}, expected {sorted(rows)}")
+        if shapes is not None and sorted(self.samples) != sorted(shapes):
+            raise ValueError(f"{where} has results {sorted(self.samples)}")
+        for name, t in self.samples.items():
+            want = shapes[name] if shapes is not None else (*t.shape[:-1], self.n)
+            if tuple(t.shape) != tuple(want) or (t.ndim and t.shape[-1] != self.n):
+                raise ValueError(f"{where} has matrices of the wrong shape ({name})")
 
 
 def fingerprint(
     model: nn.Module,
     *,
+    kind: str,
     total: int,
     indices: Tensor,
     first: Sequence[Tensor],
-    eps: Sequence[float],
-    configs: Mapping[str, Mapping[str, Any]],
     seed: int,
-    **extra: Any,
+    config: Mapping[str, Any],
 ) -> dict[str, Any]:
     """What identifies an evaluation: a stored state is reused only when all of it matches.
 
     Args:
         model: The evaluated model (its weights digest; a plain function by its name).
+        kind: The kind of evaluation (``"attacks"``, ``"certify"``, ``"corruptions"``...).
         total: Number of samples in the data set the list was drawn from.
         indices: The fixed sample list (dataset indices, in evaluation order).
         first: The global first samples' tensors (``x``, ``y``): a change of data shows there.
-        eps: The eps grid.
-        configs: ``label -> Attack.config()`` of every run.
         seed: The evaluation seed.
-        **extra: Anything else the results depend on (JSON-able).
+        config: The kind's settings (``Evaluation.config()``; a curve's ``eps`` and
+            ``attacks``), merged in at the top level.
 
     Returns:
         A JSON-able dict.
@@ -182,18 +161,18 @@ def fingerprint(
         model_id = f"callable:{getattr(model, '__qualname__', type(model).__qualname__)}"
     return {
         "format": STATE_FORMAT,
+        "kind": str(kind),
         "model": model_id,
         "samples": samples_digest(total, indices, first),
         "n_samples": int(indices.numel()),
-        "eps": [float(e) for e in eps],
-        "attacks": _plain(dict(configs)),
         "seed": int(seed),
-        **_plain(extra),
+        **plain(dict(config)),
     }
 
 
 _WHAT = {
     "format": "the state format",
+    "kind": "the kind of evaluation",
     "model": "the model (weights digest)",
     "samples": "the data selection (sample-list hash: another data set, n_examples or seed)",
     "n_samples": "the number of samples",
@@ -316,20 +295,31 @@ class EvalState:
                 out[int(m.group(1)), int(m.group(2))] = p
         return out
 
-    def save(self, result: BatchResult) -> Path:
+    def save(self, result: BatchRecord) -> Path:
         """Persist one finished batch atomically; return its file."""
         path = self.root / BATCHES / f"{result.lo:09d}-{result.hi:09d}.pt"
         return atomic_torch_save(result.to_record(), path)
 
-    def load(self, path: Path, labels: Sequence[str], n_eps: int) -> BatchResult:
+    def load(
+        self,
+        path: Path,
+        rows: Sequence[str],
+        shapes: Mapping[str, tuple[int, ...]] | None = None,
+    ) -> BatchRecord:
         """Load the stored batch ``path`` and check it belongs to this evaluation.
+
+        Args:
+            path: A file of :meth:`stored`.
+            rows: The evaluation's rows.
+            shapes: ``name -> shape`` of the batch's per-sample tensors, if the evaluation
+                knows them (see :meth:`BatchRecord.check`).
 
         Raises:
             StateMismatchError: The file is unreadable or does not fit the evaluation.
         """
         try:
-            result = BatchResult.from_record(load_trusted(path))
-            result.check(labels, n_eps)
+            result = BatchRecord.from_record(load_trusted(path))
+            result.check(rows, shapes)
         except (OSError, EOFError, pickle.UnpicklingError, RuntimeError, ValueError, KeyError,
                 AttributeError) as err:  # fmt: skip
             raise StateMismatchError(
@@ -366,97 +356,15 @@ def plan_batches(
     return plan
 
 
-def run_plan(
-    plan: Sequence[PlannedBatch],
-    attack: Callable[[int, int], BatchResult],
-    state: EvalState | None,
-    labels: Sequence[str],
-    n_eps: int,
-) -> list[BatchResult]:
-    """Load the stored batches of ``plan``, attack the others (saving each when it finishes)."""
-    out = []
-    for batch in plan:
-        if batch.path is not None and state is not None:
-            out.append(state.load(batch.path, labels, n_eps))
-            continue
-        result = attack(batch.lo, batch.hi)
-        if state is not None:
-            state.save(result)
-        out.append(result)
-    return out
-
-
-def merge_parts(parts: Iterable[Sequence[BatchResult]], n: int) -> list[BatchResult]:
-    """Every rank's batches in sample-list order; checks they cover ``[0, n)`` exactly once.
-
-    Raises:
-        RuntimeError: Batches overlap or leave a gap (a bug, never the user's input).
-    """
-    merged = sorted((r for part in parts for r in part), key=lambda r: r.lo)
-    pos = 0
-    for r in merged:
-        if r.lo != pos:
-            raise RuntimeError(f"gathered batches do not tile the sample list at position {pos}")
-        pos = r.hi
-    if pos != n:
-        raise RuntimeError(f"gathered batches cover {pos} of {n} samples")
-    return merged
-
-
-def cost_of(results: Iterable[BatchResult], labels: Sequence[str]) -> dict[str, dict[str, float]]:
-    """Cost per run summed over the batches this call attacked (resumed ones excluded)."""
-    out: dict[str, dict[str, float]] = {k: dict.fromkeys(COST_KEYS, 0.0) for k in labels}
-    for r in results:
-        if r.resumed:
-            continue
-        for label, cost in r.cost.items():
-            for key in COST_KEYS:
-                out[label][key] += cost.get(key, 0)
-    for cost in out.values():
-        cost["n_forward"], cost["n_backward"] = int(cost["n_forward"]), int(cost["n_backward"])
-    return out
-
-
-def add_counts(parts: Iterable[Mapping[str, Mapping[str, int]]]) -> dict[str, dict[str, int]]:
-    """Sum ``key -> name -> count`` mappings (e.g. the batches' :attr:`BatchResult.counts`)."""
-    out: dict[str, dict[str, int]] = {}
-    for part in parts:
-        for key, members in part.items():
-            into = out.setdefault(key, {})
-            for name, n in members.items():
-                into[name] = into.get(name, 0) + int(n)
-    return out
-
-
-def resume_flag(results: Sequence[BatchResult], state: EvalState) -> Flag:
-    """An info flag: how much of the curve came from the state (the cost excludes it)."""
-    loaded = sum(r.hi - r.lo for r in results if r.resumed)
-    total = sum(r.hi - r.lo for r in results)
-    return passed(
-        "resumed",
-        f"{loaded} of {total} samples were loaded from {state.root}; the cost counts only the "
-        f"{total - loaded} samples attacked by this call",
-        loaded=loaded,
-        total=total,
-        state_dir=str(state.root),
-    )
-
-
 __all__ = [
     "BATCHES",
     "MANIFEST",
     "STATE_FORMAT",
-    "BatchResult",
+    "BatchRecord",
     "EvalState",
     "PlannedBatch",
     "StateMismatchError",
-    "add_counts",
-    "cost_of",
     "describe_mismatch",
     "fingerprint",
-    "merge_parts",
     "plan_batches",
-    "resume_flag",
-    "run_plan",
-    "samples_digest",
 ]

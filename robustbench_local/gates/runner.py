@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
-import json
 import math
 import os
 import time
@@ -25,6 +23,7 @@ from robustbench_local.gates.errors import GateConfigError
 from robustbench_local.gates.results import GateResult, make_rows
 from robustbench_local.gates.spec import GateSpec
 from robustbench_local.health import Flag
+from robustbench_local.utils import plain, sample_list_hash
 
 if TYPE_CHECKING:
     import torch
@@ -33,12 +32,6 @@ if TYPE_CHECKING:
     from attacks.base import Attack
     from defenses.data import DataLike
     from robustbench_local.evaluate import Curve
-
-
-def sample_list_hash(dataset: str, split: str, indices: Sequence[int]) -> str:
-    """sha256 hex of ``"<dataset>:<split>:<i0>,<i1>,..."``: identifies the evaluated samples."""
-    text = f"{dataset}:{split}:" + ",".join(str(int(i)) for i in indices)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def load_split(
@@ -226,7 +219,7 @@ def attack_config(attack: Attack, spec: GateSpec, curve: Curve | None = None) ->
         "adaptive": "auto",
         "reference": _reference_config(spec, curve),
     }
-    return json.loads(json.dumps(cfg, default=str))
+    return plain(cfg)
 
 
 def _reference_config(spec: GateSpec, curve: Curve | None) -> dict[str, Any]:
@@ -280,7 +273,7 @@ def _outcomes(robust: Tensor, rows: Sequence[int]) -> list[list[bool]]:
 
 def apply_health(result: GateResult, flags: Sequence[Flag]) -> None:
     """Record health flags; masking or non-determinism flags become refusals unless allowed."""
-    result.health = [json.loads(json.dumps(f.to_dict(), default=str)) for f in flags]
+    result.health = [plain(f.to_dict()) for f in flags]
     for f in result.health:
         if f["ok"] or f.get("severity") == "info":
             continue

@@ -1,8 +1,8 @@
 """What one process of the sharded-evaluation tests runs (``torchrun ... eval_worker.py JOB``).
 
 ``JOB`` is a JSON file: ``{"model": <state dict path>, "out": <folder>, "tasks": [...]}``.
-Each task (``curve``, ``gate``, ``benchmark``, ``experiment``, ``collectives``) evaluates the
-digits MLP the test saved (``experiment``: the model its config builds) and writes
+Each task (``curve``, ``seam``, ``gate``, ``benchmark``, ``experiment``, ``collectives``)
+evaluates the digits MLP the test saved (``experiment``: the model its config builds) and writes
 ``<out>/<task name>.rank<r>.json``, so the test can check that every rank returned the same
 result and that it equals a single-process run. The process writes its pid to
 ``<out>/pid.rank<r>`` first, so a test can SIGKILL exactly the processes it started.
@@ -22,7 +22,9 @@ from sklearn.datasets import load_digits
 from torch import Tensor, nn
 
 from attacks.pgd import PGD
+from attacks.result import Cost
 from robustbench_local import distributed as rdist
+from robustbench_local.engine import Batch, BatchOutput, Evaluation, Progress, run_evaluation
 
 DIGITS_TEST = slice(1200, None)
 
@@ -88,6 +90,69 @@ def curve_task(model: nn.Module, task: dict[str, Any]) -> dict[str, Any]:
     records = rdist.gather_objects(attack.records)
     merged = {k: v for part in records for k, v in part.items()}
     return {"curve": curve.to_dict(), "records": merged}
+
+
+class TransformAccuracy(Evaluation):
+    """A per-sample evaluation that is not an attack: accuracy under fixed input transforms.
+
+    Rows: ``dim`` (inputs scaled by 0.7) and ``noisy`` (Gaussian noise of std 0.3 drawn from
+    (seed, sample id), so any batch, rank or resumed call gives each sample the same draw).
+    ``delay`` (seconds per batch, not part of the configuration) makes a run long enough to
+    be killed in the middle.
+    """
+
+    kind = "transform_accuracy"
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = float(delay)
+
+    def rows(self) -> list[str]:
+        return ["dim", "noisy"]
+
+    def config(self) -> dict[str, Any]:
+        return {"dim": 0.7, "noise": 0.3}
+
+    def sample_shapes(self, n: int) -> dict[str, tuple[int, ...]]:
+        return {"correct": (2, n), "margin": (n,)}
+
+    def evaluate(self, model: nn.Module, batch: Batch, progress: Progress) -> BatchOutput:
+        from attacks.rng import normal
+
+        time.sleep(self.delay)
+        out, cost = [], {}
+        with torch.no_grad():
+            with progress.row("dim"):
+                logits = model(batch.x * 0.7)
+                out.append(logits.argmax(1) == batch.y)
+                cost["dim"] = Cost(0.0, len(batch.y), 0)
+            with progress.row("noisy"):
+                noise = normal(batch.seed, batch.ids, ("noise",), batch.x.shape[1:])
+                noisy = model((batch.x + 0.3 * noise.to(batch.x)).clamp(0, 1))
+                out.append(noisy.argmax(1) == batch.y)
+                cost["noisy"] = Cost(0.0, len(batch.y), 0)
+        top2 = noisy.topk(2, dim=1).values
+        return BatchOutput({"correct": torch.stack(out), "margin": top2[:, 0] - top2[:, 1]}, cost)
+
+
+def seam_task(model: nn.Module, task: dict[str, Any]) -> dict[str, Any]:
+    """The engine running :class:`TransformAccuracy` (no attack code involved)."""
+    run = run_evaluation(
+        TransformAccuracy(task.get("delay", 0.0)),
+        model,
+        digits_test(),
+        n_examples=task.get("n_examples"),
+        batch_size=task["batch_size"],
+        seed=task.get("seed", 0),
+        state_dir=task.get("state_dir"),
+        progress=False,
+    )
+    return {
+        "indices": run.indices.tolist(),
+        "correct": run.samples["correct"].int().tolist(),
+        "margin": run.samples["margin"].tolist(),
+        "cost": {k: c.to_dict() for k, c in run.cost.items()},
+        "n_resumed": run.n_resumed,
+    }
 
 
 def gate_task(model: nn.Module, task: dict[str, Any]) -> dict[str, Any]:
@@ -156,6 +221,7 @@ TASKS = {
     "benchmark": benchmark_task,
     "collectives": collectives_task,
     "experiment": experiment_task,
+    "seam": seam_task,
 }
 
 

@@ -17,8 +17,9 @@ import torch
 
 import robustbench_local as rbl
 from attacks.pgd import PGD
+from attacks.result import Cost
 from robustbench_local.state import (
-    BatchResult,
+    BatchRecord,
     EvalState,
     PlannedBatch,
     StateMismatchError,
@@ -144,25 +145,31 @@ def test_a_corrupt_batch_file_is_an_error_not_a_silent_recompute(digits_model, d
 
 
 def test_batch_records_round_trip_and_check_their_shape():
-    r = BatchResult(3, 5, torch.tensor([True, False]), {"pgd": torch.ones(2, 2, dtype=torch.bool)},
-                    {"pgd": {"wall_time": 1.5, "n_forward": 4, "n_backward": 2}})  # fmt: skip
-    back = BatchResult.from_record(r.to_record())
+    samples = {
+        "clean": torch.tensor([True, False]),
+        "robust/pgd": torch.ones(2, 2, dtype=torch.bool),
+    }
+    r = BatchRecord(3, 5, samples, {"pgd": Cost(1.5, 4, 2)}, {"0.3": {"apgd_ce": 1}})
+    back = BatchRecord.from_record(r.to_record())
     assert back.resumed and (back.lo, back.hi) == (3, 5)
-    assert torch.equal(back.robust["pgd"], r.robust["pgd"]) and back.cost == r.cost
-    back.check(["pgd"], 2)
+    assert torch.equal(back.samples["robust/pgd"], r.samples["robust/pgd"]) and back.cost == r.cost
+    assert back.counts == r.counts
+    back.check(["pgd"], {"clean": (2,), "robust/pgd": (2, 2)})
+    back.check(["pgd"], None)
     with pytest.raises(ValueError, match="wrong shape"):
-        back.check(["pgd"], 3)
+        back.check(["pgd"], {"clean": (2,), "robust/pgd": (3, 2)})
     with pytest.raises(ValueError, match="has runs"):
-        back.check(["fgsm"], 2)
+        back.check(["fgsm"], None)
+    with pytest.raises(ValueError, match="has results"):
+        back.check(["pgd"], {"clean": (2,)})
 
 
 def test_plan_reuses_stored_batches_and_fills_the_gaps(tmp_path):
     assert plan_batches(10, 25, 10) == [PlannedBatch(10, 20), PlannedBatch(20, 25)]
     assert plan_batches(4, 4, 10) == []
-    state = EvalState.open(tmp_path, {"format": 1})
+    state = EvalState.open(tmp_path, {"format": 2})
     for lo, hi in [(0, 10), (10, 20), (30, 37), (15, 40)]:
-        z = torch.zeros(hi - lo, dtype=torch.bool)
-        state.save(BatchResult(lo, hi, z, {}, {}))
+        state.save(BatchRecord(lo, hi, {"clean": torch.zeros(hi - lo, dtype=torch.bool)}))
     plan = [(b.lo, b.hi, b.path is not None) for b in plan_batches(10, 40, 8, state)]
     # stored [10, 20) and [30, 37) fit the slice [10, 40); [0, 10) and [15, 40) do not
     assert plan == [(10, 20, True), (20, 28, False), (28, 30, False), (30, 37, True),

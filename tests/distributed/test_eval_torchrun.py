@@ -159,6 +159,7 @@ def sharded(tmp_path_factory, model_file) -> Path:
         {"kind": "curve", "name": "aligned", "eps": EPS, "n_examples": 200, "batch_size": 50},
         {"kind": "curve", "name": "odd", "eps": EPS, "n_examples": 201, "batch_size": 50},
         {"kind": "curve", "name": "tiny", "eps": EPS, "n_examples": 1, "batch_size": 50},
+        {"kind": "seam", "name": "seam", "n_examples": 201, "batch_size": 40},
         {"kind": "gate", "name": "gate", "spec": GATE},
         {"kind": "benchmark", "name": "benchmark", "kwargs": BENCH},
         {"kind": "experiment", "name": "experiment", "overrides": EXPERIMENT},
@@ -275,3 +276,38 @@ def test_sigkill_in_the_middle_then_resume_gives_the_same_curve(tmp_path, model_
     resumed = next(h for h in curve["health"] if h["name"] == "resumed")
     assert resumed["details"]["loaded"] == 20 * done
     assert len(_batch_files(state)) == n_batches
+
+
+# ----------------------------------------------------- the engine's seam: a kind that is no attack
+
+
+def test_a_per_sample_evaluation_that_is_no_attack_shards_like_one_process(sharded, model):
+    docs = results(sharded, "seam")
+    two = {k: same_on_every_rank(docs, k) for k in ("indices", "correct", "margin", "cost")}
+    one = worker.seam_task(model, {"n_examples": 201, "batch_size": 40})
+    assert two["indices"] == one["indices"] and two["correct"] == one["correct"]
+    assert two["margin"] == one["margin"]  # per-sample noise: same bits on any rank
+    assert {k: c["n_forward"] for k, c in two["cost"].items()} == {"dim": 201, "noisy": 201}
+    assert 0.2 < sum(one["correct"][1]) / 201 < sum(one["correct"][0]) / 201  # noise hurts
+
+
+def test_a_killed_per_sample_evaluation_resumes_with_identical_results(tmp_path, model_file, model):
+    state = tmp_path / "state"
+    task = {"kind": "seam", "name": "seam", "n_examples": 200, "batch_size": 20,
+            "state_dir": str(state)}  # fmt: skip
+    with Launch(
+        {"model": str(model_file), "tasks": [{**task, "delay": 0.5}]}, tmp_path / "a"
+    ) as job:
+        deadline = time.monotonic() + LAUNCH_TIMEOUT
+        while len(_batch_files(state)) < 3 and time.monotonic() < deadline:
+            assert job.proc.poll() is None, job.text()
+            time.sleep(0.1)
+        job.kill()
+    done = len(_batch_files(state))
+    assert 3 <= done < 10, done
+    resumed = worker.seam_task(model, task)  # one plain process resumes the two ranks' state
+    fresh = worker.seam_task(model, {**task, "state_dir": None})
+    for key in ("indices", "correct", "margin"):
+        assert resumed[key] == fresh[key], key
+    assert resumed["n_resumed"] == 20 * done
+    assert resumed["cost"]["dim"]["n_forward"] == 200 - 20 * done
