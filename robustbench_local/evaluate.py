@@ -47,7 +47,7 @@ import attacks as atk_lib
 from attacks.base import parse_eps
 from attacks.result import Cost
 from attacks.validation import check_positive_int
-from defenses.data import DataLike, model_device
+from defenses.data import DataLike
 from robustbench_local import distributed
 from robustbench_local.checks import masking_checks, preflight
 from robustbench_local.checks.gradients import gradient_probe
@@ -65,6 +65,7 @@ from robustbench_local.engine import (
     select_samples,
 )
 from robustbench_local.health import ADAPTIVE_SUFFIX, Flag, raise_on_errors
+from robustbench_local.inputs import check_eval_inputs, resolve_device
 from robustbench_local.planning import Run, attack_runs, plan_runs, reference_model
 from robustbench_local.reference import (
     ReferenceArg,
@@ -202,7 +203,7 @@ class CurvePlan(Evaluation):
 
 def robustness_curve(
     model: nn.Module,
-    data: Dataset | tuple[Tensor, Tensor],
+    data: Dataset | tuple[Any, Any],
     attacks: AttackSpec,
     eps: Sequence[float] | float,
     *,
@@ -223,7 +224,8 @@ def robustness_curve(
 
     Args:
         model: A classifier obeying the model contract (inputs in [0, 1], logits out).
-        data: A dataset of ``(x, y)`` pairs or a tuple of tensors ``(x, y)``.
+        data: A dataset of ``(x, y)`` pairs, or ``(x, y)`` tensors or numpy arrays (e.g.
+            ``load_dataset(...)[1]``, ``(x_test, y_test)``).
         attacks: Attack names, Attack instances, or a ``label -> attack`` mapping.
         eps: The budget grid, strictly increasing.
         n_examples: Evaluate a fixed seeded subset of this size (default: all samples).
@@ -257,7 +259,11 @@ def robustness_curve(
         A :class:`Curve`; its ``reference`` row holds the worst case with the reference.
 
     Raises:
-        ValueError: Bad eps grid or headline eps, ``n_examples`` larger than the data, no
+        ValueError: Inputs the model cannot take or in the wrong units (uint8 or float64
+            images, another layout or channel count, float or out-of-range labels, outputs
+            that are not logits, ``eps=8`` on [0, 1] inputs: the message says what to do; see
+            :func:`robustbench_local.inputs.check_eval_inputs`), a device that is not here,
+            bad eps grid or headline eps, ``n_examples`` larger than the data, no
             attacks, a bad ``reference``, a model that fails the preflight (e.g. it returns
             probabilities), ranks that disagree on the evaluation, or a ``state_dir`` of
             another evaluation.
@@ -266,9 +272,11 @@ def robustness_curve(
     sweep = get_strategy(strategy)
     attack_map = resolve_attacks(attacks, seed)
     check_positive_int("batch_size", batch_size)
+    dev = resolve_device(device, model)
+    first_attack = next(iter(attack_map.values()))
+    data = check_eval_inputs(model, data, grid, first_attack.norm, first_attack.bounds).data
     indices = select_samples(data, n_examples, seed)
     record = resolve_reference(reference, attack_map, grid, headline_eps, seed)
-    dev = torch.device(device) if device is not None else model_device(model)
     world = distributed.setup(dev)
     torch.manual_seed(seed)
     first = load_batch(data, indices[:FIRST_SAMPLES], dev)[:2]

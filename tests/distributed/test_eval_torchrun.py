@@ -286,7 +286,9 @@ def test_a_per_sample_evaluation_that_is_no_attack_shards_like_one_process(shard
     two = {k: same_on_every_rank(docs, k) for k in ("indices", "correct", "margin", "cost")}
     one = worker.seam_task(model, {"n_examples": 201, "batch_size": 40})
     assert two["indices"] == one["indices"] and two["correct"] == one["correct"]
-    assert two["margin"] == one["margin"]  # per-sample noise: same bits on any rank
+    # per-sample noise: the same draws on any rank; the logits of a sample may differ in their
+    # last bits with the batch it shares a matmul with (here 1 vs 20 samples), nothing more
+    assert torch.allclose(torch.tensor(two["margin"]), torch.tensor(one["margin"]), atol=1e-5)
     assert {k: c["n_forward"] for k, c in two["cost"].items()} == {"dim": 201, "noisy": 201}
     assert 0.2 < sum(one["correct"][1]) / 201 < sum(one["correct"][0]) / 201  # noise hurts
 
