@@ -6,7 +6,8 @@ started by any launcher (joblib processes, submitit on this machine or on SLURM)
 keys the sweep varies go to ``<sweep dir>/sweep_keys.json`` (:mod:`experiments.sweep`), so each
 job names and tags its run after its own values of them. Jobs only create their own child
 runs, which is safe when they run in parallel. When the sweep ends the parent logs the
-aggregated comparison of its children (:mod:`experiments.sweep_summary`).
+aggregated comparison of its children (:mod:`experiments.sweep_summary`). Runs are created,
+read and ended through :mod:`experiments.tracking`.
 """
 
 from __future__ import annotations
@@ -62,13 +63,11 @@ class MLflowSweepCallback(Callback):
         sweep.write_keys(sweep_dir, keys)
         if not config.tracking.enabled:
             return
-        from mlflow import MlflowClient
+        from experiments import tracking
+        from experiments.run_record import run_tags
 
-        from experiments.tracking import ensure_experiment, run_tags, tracking_uri
-
-        self.uri = tracking_uri(config.tracking.uri)
-        client = MlflowClient(self.uri)
-        exp_id = ensure_experiment(client, config.tracking.experiment_name, self.uri)
+        self.uri = tracking.tracking_uri(config.tracking.uri)
+        client = tracking.connect(self.uri)
         tags = {k: v for k, v in run_tags(config, []).items() if k.startswith(("version.", "git"))}
         tags.update({"sweep": "parent", "sweep_dir": str(sweep_dir.resolve())})
         tags[sweep.SWEEP_KEYS_TAG] = ",".join(keys) or "-"
@@ -77,9 +76,13 @@ class MLflowSweepCallback(Callback):
             o for o in config.hydra.overrides.task if "=" in o and sweep.override_key(o)[0] in keys
         ]
         name = config.tracking.run_name or f"sweep {' '.join(swept) or overrides}"[:250]
-        run = client.create_run(exp_id, run_name=name, tags=tags)
-        self.run_id = run.info.run_id
-        client.log_param(self.run_id, "overrides", overrides[:6000])
+        self.run_id = tracking.create_run(
+            client,
+            config.tracking.experiment_name,
+            run_name=name,
+            tags=tags,
+            params={"overrides": overrides[:6000]},
+        )
         atomic_write_text(sweep_dir / PARENT_FILE, self.run_id)
         os.environ[PARENT_ENV] = self.run_id
         logger.info("MLflow sweep parent run %s at %s", self.run_id, self.uri)
@@ -88,23 +91,22 @@ class MLflowSweepCallback(Callback):
         """Log the children's aggregated comparison; close the parent: FAILED if a child failed."""
         if self.run_id is None:
             return
-        from mlflow import MlflowClient
-
-        from experiments.compare import child_runs
+        from experiments import tracking
+        from experiments.run_record import RunRecord
         from experiments.sweep_summary import log_sweep_summary
 
-        client = MlflowClient(self.uri)
-        children = child_runs(client, self.run_id)
+        client = tracking.connect(self.uri)
+        children = tracking.child_runs(client, self.run_id)
         failed = [r for r in children if r.info.status == "FAILED"]
-        client.log_metric(self.run_id, "n_children", len(children))
-        client.log_metric(self.run_id, "n_failed", len(failed))
+        counts = {"n_children": len(children), "n_failed": len(failed)}
+        tracking.write_record(client, self.run_id, RunRecord(metrics=counts))
         try:
             log_sweep_summary(client, self.run_id, children)
         except Exception:
             # The parent still has to end: a summary that fails must not leave it RUNNING.
-            client.set_terminated(self.run_id, "FAILED")
+            tracking.end_run(client, self.run_id, "FAILED")
             raise
-        client.set_terminated(self.run_id, "FAILED" if failed else "FINISHED")
+        tracking.end_run(client, self.run_id, "FAILED" if failed else "FINISHED")
         os.environ.pop(PARENT_ENV, None)
 
 

@@ -25,8 +25,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlflow import MlflowClient
-
 from experiments.aggregate import (
     Group,
     RunCurves,
@@ -38,6 +36,15 @@ from experiments.aggregate import (
 )
 from experiments.plots import comparison_figure, tradeoff_figure
 from experiments.sweep import JOB_TAG, OVERRIDE_TAG_PREFIX
+from experiments.tracking import (
+    PARENT_TAG,
+    SYSTEM_TAG_PREFIX,
+    Client,
+    child_runs,
+    connect,
+    experiment_runs,
+    metric_history,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -45,18 +52,8 @@ _PREFIX = "robust_acc/"
 FORMATS = ("text", "markdown", "csv")
 
 
-def child_runs(client: MlflowClient, parent_run_id: str) -> list[Any]:
-    """Child runs of a sweep's parent run."""
-    parent = client.get_run(parent_run_id)
-    return client.search_runs(
-        [parent.info.experiment_id],
-        filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
-        max_results=5000,
-    )
-
-
 def find_runs(
-    client: MlflowClient,
+    client: Client,
     *,
     experiment: str | None = None,
     parent: str | None = None,
@@ -73,11 +70,7 @@ def find_runs(
     if parent:
         runs = child_runs(client, parent)
     else:
-        exp = client.get_experiment_by_name(experiment or "robustness")
-        if exp is None:
-            known = [e.name for e in client.search_experiments()]
-            raise ValueError(f"no MLflow experiment {experiment!r}; known: {known}")
-        runs = client.search_runs([exp.experiment_id], max_results=5000)
+        runs = experiment_runs(client, experiment or "robustness")
     for tag in tags:
         key, sep, value = tag.partition("=")
         if not sep:
@@ -100,33 +93,34 @@ def launch_order(runs: Sequence[Any]) -> list[Any]:
 
     first: dict[str, int] = {}
     for r in runs:
-        parent = r.data.tags.get("mlflow.parentRunId", r.info.run_id)
+        parent = r.data.tags.get(PARENT_TAG, r.info.run_id)
         first[parent] = min(first.get(parent, start(r)), start(r))
 
     def key(r: Any) -> tuple[int, str, int, int]:
-        parent = r.data.tags.get("mlflow.parentRunId", r.info.run_id)
+        parent = r.data.tags.get(PARENT_TAG, r.info.run_id)
         return (first[parent], parent, job(r), start(r))
 
     return sorted(runs, key=key)
 
 
-def run_curves(client: MlflowClient, run: Any) -> RunCurves:
+def run_curves(client: Client, run: Any) -> RunCurves:
     """Read a run's curves back from its step-indexed metrics, with its overrides and params."""
     eps: dict[str, list[float]] = {}
     acc: dict[str, dict[str, list[float]]] = {}
     for key in run.data.metrics:
         if key.startswith("eps/"):
-            eps[key[4:]] = _history(client, run.info.run_id, key)
+            eps[key[4:]] = metric_history(client, run.info.run_id, key)
         elif key.startswith(_PREFIX):
             norm, label = key[len(_PREFIX) :].split("/", 1)
-            acc.setdefault(norm, {})[label] = _history(client, run.info.run_id, key)
+            acc.setdefault(norm, {})[label] = metric_history(client, run.info.run_id, key)
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
     overrides = {
         k[len(OVERRIDE_TAG_PREFIX) :]: v
         for k, v in tags.items()
         if k.startswith(OVERRIDE_TAG_PREFIX)
     }
-    plain = {k: v for k, v in tags.items() if not k.startswith(("mlflow.", OVERRIDE_TAG_PREFIX))}
+    skipped = (SYSTEM_TAG_PREFIX, OVERRIDE_TAG_PREFIX)
+    plain = {k: v for k, v in tags.items() if not k.startswith(skipped)}
     return RunCurves(
         run_id=run.info.run_id,
         name=run.info.run_name or run.info.run_id[:8],
@@ -148,11 +142,6 @@ def _float(text: str | None) -> float | None:
         return float(text) if text is not None else None
     except ValueError:
         return None
-
-
-def _history(client: MlflowClient, run_id: str, key: str) -> list[float]:
-    hist = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
-    return [m.value for m in hist]
 
 
 @dataclass
@@ -405,9 +394,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: print the comparison tables and save the plots."""
     args = _parser().parse_args(argv)
-    from experiments.tracking import tracking_uri
-
-    client = MlflowClient(tracking_uri(args.tracking_uri))
+    client = connect(args.tracking_uri)
     runs = find_runs(client, experiment=args.experiment, parent=args.parent, tags=args.tag)
     if not runs:
         print("no runs with robustness curves match", file=sys.stderr)

@@ -1,4 +1,7 @@
-"""The life cycle of an experiment's MLflow run: start or resume, finish, fail, or get killed.
+"""The life cycle of an experiment's run, apart from the store: signals, retries, the run file.
+
+What :mod:`experiments.tracking` needs to start or resume, finish, fail or kill an MLflow run,
+without talking to MLflow itself (tracking does that):
 
 - **Preemption.** SIGTERM (what SLURM, Kubernetes and ``kill`` send) raises :class:`Preempted`
   in the main thread inside :func:`preemption_signals`; Ctrl-C raises ``KeyboardInterrupt`` as
@@ -28,15 +31,10 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
-
-import mlflow
-from mlflow import MlflowClient
-from mlflow.entities import Run
-from mlflow.exceptions import MlflowException
 
 from defenses.storage import atomic_write_json
 
@@ -137,13 +135,16 @@ def retry_locked(
 ) -> T:
     """``fn(*args, **kwargs)``, retried with exponential backoff while the store is locked.
 
+    An error is retried when :func:`is_locked` says so (MLflow raises ``MlflowException`` with
+    SQLite's message); any other error propagates at once.
+
     Raises:
-        MlflowException: Any other error, or still locked after ``attempts`` tries.
+        Exception: Any other error of ``fn``, or the "locked" one after ``attempts`` tries.
     """
     for attempt in range(attempts):
         try:
             return fn(*args, **kwargs)
-        except MlflowException as err:
+        except Exception as err:
             if not is_locked(err) or attempt == attempts - 1:
                 raise
             wait = delay_s * 2**attempt
@@ -155,88 +156,21 @@ def retry_locked(
 # ---------------------------------------------------------------------- resumable runs
 
 
-def stored_run_id(client: MlflowClient, run_dir: Path | None, uri: str) -> str | None:
-    """The run recorded in ``run_dir`` if it lives in this tracking store, else None."""
+def read_run_file(run_dir: Path | None) -> dict[str, Any] | None:
+    """The run record ``{"run_id", "tracking_uri"}`` kept in ``run_dir`` (None without one)."""
     if run_dir is None or not (run_dir / RUN_FILE).is_file():
         return None
-    record = json.loads((run_dir / RUN_FILE).read_text())
-    run_id = record.get("run_id")
-    if record.get("tracking_uri") != uri:
-        logger.warning(
-            "%s names run %s in %s, not in %s: starting a new run",
-            run_dir / RUN_FILE,
-            run_id,
-            record.get("tracking_uri"),
-            uri,
-        )
-        return None
-    try:
-        run = client.get_run(run_id)
-    except MlflowException:
-        logger.warning("run %s of %s is not in %s: starting a new run", run_id, run_dir, uri)
-        return None
-    if run.info.lifecycle_stage == "deleted":
-        logger.warning("run %s of %s was deleted: starting a new run", run_id, run_dir)
-        return None
-    return str(run_id)
+    return json.loads((run_dir / RUN_FILE).read_text())
 
 
-def start_run(
-    client: MlflowClient,
-    *,
-    run_name: str,
-    tags: Mapping[str, str],
-    parent_run_id: str | None,
-    run_dir: Path | None,
-    uri: str,
-) -> Run:
-    """Resume the run recorded in ``run_dir`` (status RUNNING again), or start a new one.
-
-    The new run's id is recorded in ``run_dir / mlflow_run.json``.
-    """
-    resume_id = stored_run_id(client, run_dir, uri)
-    if resume_id is not None:
-        previous = client.get_run(resume_id)
-        count = int(previous.data.tags.get("resume_count", "0")) + 1
-        note = previous.data.tags.get(NOTE_TAG, "")
-        more = {"resume_count": str(count), NOTE_TAG: f"{note}\nResumed at {_now()}.".strip()}
-        run = retry_locked(mlflow.start_run, run_id=resume_id, tags={**tags, **more})
-        logger.info("resuming MLflow run %s (resume %d) from %s", resume_id, count, run_dir)
-        return run
-    run = retry_locked(
-        mlflow.start_run, run_name=run_name, parent_run_id=parent_run_id, tags=dict(tags)
-    )
-    if run_dir is not None:
-        record = {"run_id": run.info.run_id, "tracking_uri": uri}
-        atomic_write_json(run_dir / RUN_FILE, record, indent=2)
-    return run
+def write_run_file(run_dir: Path, run_id: str, uri: str) -> None:
+    """Keep the run id in ``run_dir / mlflow_run.json``, so a rerun there resumes the run."""
+    atomic_write_json(run_dir / RUN_FILE, {"run_id": run_id, "tracking_uri": uri}, indent=2)
 
 
-def finish_run() -> None:
-    """End the active run FINISHED."""
-    retry_locked(mlflow.end_run, "FINISHED")
-
-
-def end_run_on_error(client: MlflowClient, run_id: str, err: BaseException, run_dir: Path | None):
-    """End the active run KILLED (an interruption, with a note) or FAILED (with the error).
-
-    Problems reaching the store are logged, never raised: ``err`` is what the caller re-raises.
-    """
-    name = interruption(err)
-    try:
-        if name is None:
-            mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:5000])
-            mlflow.log_text(_format_error(err), "error.txt")
-            retry_locked(mlflow.end_run, "FAILED")
-            return
-        note = kill_note(name, run_dir)
-        previous = client.get_run(run_id).data.tags.get(NOTE_TAG, "")
-        mlflow.set_tags({"preempted": name, NOTE_TAG: f"{previous}\n{note}".strip()})
-        mlflow.log_text(note + "\n", "preempted.txt")
-        retry_locked(mlflow.end_run, "KILLED")
-        logger.warning("MLflow run %s ended KILLED: %s", run_id, note)
-    except (MlflowException, OSError) as store_err:
-        logger.error("could not record the end of run %s: %s", run_id, store_err)
+def resume_note(previous: str) -> str:
+    """A resumed run's note: its note so far, then when it was resumed."""
+    return f"{previous}\nResumed at {_now()}.".strip()
 
 
 def kill_note(signal_name: str, run_dir: Path | None) -> str:
@@ -267,7 +201,8 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _format_error(err: BaseException) -> str:
+def error_text(err: BaseException) -> str:
+    """The traceback of ``err`` (a failed run's ``error.txt``)."""
     return "".join(traceback.format_exception(type(err), err, err.__traceback__))
 
 
@@ -275,14 +210,14 @@ __all__ = [
     "NOTE_TAG",
     "RUN_FILE",
     "Preempted",
-    "end_run_on_error",
-    "finish_run",
+    "error_text",
     "interruption",
     "is_locked",
     "kill_note",
     "preemption_signals",
+    "read_run_file",
     "resume_hint",
+    "resume_note",
     "retry_locked",
-    "start_run",
-    "stored_run_id",
+    "write_run_file",
 ]

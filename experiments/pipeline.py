@@ -2,22 +2,23 @@
 
 Each step is a plain function of the composed config so it can be tested without Hydra's main.
 Everything that can be checked before training (eps grids, sample counts, the model contract)
-is checked first, so a bad config fails in seconds, not after an hour of training.
+is checked first, so a bad config fails in seconds, not after an hour of training:
+:func:`validate` returns the :class:`~experiments.plan.EvalPlan` (the attacks, built once, and
+the headline, checked once) that :func:`evaluate_plan` then runs. The steps return plain data
+(an :class:`Evaluation`: curves, headline, tags); they never log: the run hands what they
+return to the tracking layer (:mod:`experiments.tracking`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import logging
-import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
@@ -25,8 +26,15 @@ import attacks as atk_lib
 import defenses
 import robustbench_local as rbl
 from experiments.instantiate import build
-from experiments.resolvers import parse_number
-from robustbench_local.reference import ReferenceArg, reference_from_config
+from experiments.plan import (
+    EvalPlan,
+    build_attacks,
+    eps_grids,
+    headline_eps,
+    headline_setting,
+    reference_of,
+)
+from robustbench_local.utils import tensor_digest
 
 logger = logging.getLogger(__name__)
 
@@ -59,77 +67,17 @@ def resolve_device(spec: str | None) -> torch.device:
     return dev
 
 
-def eps_grids(cfg: DictConfig) -> dict[str, list[float]]:
-    """The per-norm eps grids of ``eval.eps``, validated.
+def validate(cfg: DictConfig) -> EvalPlan:
+    """Check what can be checked without data: grids, headline eps, attacks, sizes, defenses.
+
+    Returns:
+        The run's evaluation plan (:meth:`EvalPlan.from_config`): its attacks, grids,
+        references and headline, built and checked here once.
 
     Raises:
-        ValueError: A grid that is empty, not a list, negative or not strictly increasing.
+        ValueError: The first problem found, with what to change.
     """
-    grids: dict[str, list[float]] = {}
-    for norm, values in cfg.eval.eps.items():
-        if isinstance(values, str | int | float):
-            values = [values]
-        grid = [parse_number(v) for v in values]
-        if not grid:
-            raise ValueError(f"eval.eps.{norm} is empty; give at least one eps")
-        bad = [e for e in grid if not math.isfinite(e) or e < 0]
-        if bad:
-            raise ValueError(f"eval.eps.{norm} has negative or non-finite values {bad}")
-        if any(b <= a for a, b in itertools.pairwise(grid)):
-            raise ValueError(
-                f"eval.eps.{norm}={grid} must be strictly increasing, e.g. [0.1, 0.2, 0.3]"
-            )
-        grids[str(norm)] = grid
-    return grids
-
-
-def build_attacks(cfg: DictConfig) -> dict[str, dict[str, atk_lib.Attack]]:
-    """The configured attacks, grouped by norm: ``norm -> label -> Attack``.
-
-    Raises:
-        ValueError: No attack selected, or an attack whose norm has no eps grid.
-    """
-    if not cfg.get("attack"):
-        raise ValueError("no attack selected: add e.g. attack=pgd or 'attack=[fgsm,pgd]'")
-    groups: dict[str, dict[str, atk_lib.Attack]] = {}
-    for label, node in cfg.attack.items():
-        factory = build(node, f"attack.{label}")
-        attack = factory(seed=cfg.seed)
-        groups.setdefault(attack.norm.value, {})[str(label)] = attack
-    suite = cfg.eval.get("suite")
-    if suite:
-        logger.warning(
-            "eval.suite is deprecated: the reference suite runs on every evaluation "
-            "(eval.reference; eval=strong runs it at every eps)"
-        )
-        norm = str(cfg.eval.headline.norm)
-        members = [atk_lib.create(name, norm=norm, seed=cfg.seed) for name in suite]
-        groups.setdefault(norm, {})["suite"] = atk_lib.AttackSuite(members)
-    grids = eps_grids(cfg)
-    missing = sorted(set(groups) - set(grids))
-    if missing:
-        raise ValueError(
-            f"attacks in norm(s) {missing} but eval.eps has grids only for {sorted(grids)}; "
-            f"add e.g. eval.eps.{missing[0]}=[0.5,1.0]"
-        )
-    return groups
-
-
-def validate(cfg: DictConfig) -> None:
-    """Check what can be checked without data: grids, headline eps, attacks, sizes."""
-    grids = eps_grids(cfg)
-    norm, eps = str(cfg.eval.headline.norm), parse_number(cfg.eval.headline.eps)
-    if norm in grids and not any(math.isclose(eps, e, rel_tol=1e-6) for e in grids[norm]):
-        raise ValueError(
-            f"eval.headline.eps={eps} is not on the {norm} grid {grids[norm]}; add it to "
-            f"eval.eps.{norm} or change eval.headline.eps"
-        )
-    n = cfg.eval.get("n_examples")
-    if n is not None and (not isinstance(n, int) or n < 1):
-        raise ValueError(f"eval.n_examples must be a positive integer or null, got {n!r}")
-    build_attacks(cfg)
-    for norm in grids:
-        reference_of(cfg, norm)
+    plan = EvalPlan.from_config(cfg)
     defense_kinds(cfg.defense, "defense")
     base = cfg.train.get("base")
     if base is not None and "training" not in defense_kinds(base, "train.base"):
@@ -138,6 +86,7 @@ def validate(cfg: DictConfig) -> None:
             f"training defense: one of {', '.join(defenses.names(kind='training'))}"
         )
     check_optimized_metric(cfg.get("optimized_metric"))
+    return plan
 
 
 def defense_kinds(node: DictConfig | None, key: str) -> tuple[str, ...]:
@@ -274,28 +223,6 @@ def apply_defense(
     return model.eval()
 
 
-def reference_of(cfg: DictConfig, norm: str) -> ReferenceArg:
-    """The ``reference`` argument of a norm's curve from ``eval.reference``.
-
-    Raises:
-        ValueError: A value other than auto, all, false or a mapping of reduced settings.
-    """
-    value = cfg.eval.get("reference", "auto")
-    if isinstance(value, DictConfig):
-        value = OmegaConf.to_container(value, resolve=True)
-    try:
-        return reference_from_config(value, norm, seed=cfg.seed)
-    except ValueError as err:
-        raise ValueError(f"eval.reference: {err}") from err
-
-
-def headline_eps(cfg: DictConfig, norm: str) -> float | None:
-    """``eval.headline.eps`` for the headline norm's curve, else None (its largest eps)."""
-    if str(cfg.eval.headline.norm) != norm:
-        return None
-    return parse_number(cfg.eval.headline.eps)
-
-
 def reference_tags(curves: dict[str, rbl.Curve]) -> dict[str, str]:
     """``reference.<norm>`` tags: ``auto``, ``all``, ``off``, or ``reduced`` (a chosen one)."""
     tags = {}
@@ -306,24 +233,41 @@ def reference_tags(curves: dict[str, rbl.Curve]) -> dict[str, str]:
     return tags
 
 
-def evaluate(
-    cfg: DictConfig, model: nn.Module, data: Data, device: torch.device
-) -> dict[str, rbl.Curve]:
-    """One robustness curve per norm of the configured attacks, each with its reference.
+@dataclass(frozen=True)
+class Evaluation:
+    """What the evaluation step returns for the run to record.
 
-    The reference runs at ``eval.headline.eps`` on the headline norm (else at the largest eps)
-    as ``eval.reference`` says; its mode is tagged on the active MLflow run
-    (:func:`reference_tags`).
+    Attributes:
+        curves: ``norm -> Curve``, one per norm of the plan's attacks.
+        headline: Worst-case robust accuracy at the headline eps (None without a curve in the
+            headline norm).
+        tags: The run tags the curves call for (``reference.<norm>``, :func:`reference_tags`).
     """
-    grids = eps_grids(cfg)
+
+    curves: dict[str, rbl.Curve]
+    headline: float | None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def evaluate_plan(
+    plan: EvalPlan, cfg: DictConfig, model: nn.Module, data: Data, device: torch.device
+) -> Evaluation:
+    """One robustness curve per norm of the plan's attacks, each with its reference.
+
+    The reference runs at the headline eps on the headline norm (else at the largest eps) as
+    ``eval.reference`` says. The run settings (sample count, batch size, state folder,
+    progress...) are read from ``cfg.eval``; the attacks, grids, references and headline come
+    from ``plan``.
+    """
     curves = {}
-    for norm, group in build_attacks(cfg).items():
-        logger.info("evaluating %s attacks %s on eps %s", norm, list(group), grids[norm])
+    for norm, group in plan.attacks.items():
+        grid = list(plan.grids[norm])
+        logger.info("evaluating %s attacks %s on eps %s", norm, list(group), grid)
         curves[norm] = rbl.robustness_curve(
             model,
             data.test,
-            group,
-            grids[norm],
+            dict(group),
+            grid,
             n_examples=cfg.eval.get("n_examples"),
             batch_size=cfg.eval.batch_size,
             seed=cfg.seed,
@@ -332,43 +276,42 @@ def evaluate(
             checks=cfg.eval.checks,
             progress=cfg.progress,
             state_dir=Path(cfg.eval.state_dir) / norm if cfg.eval.get("state_dir") else None,
-            reference=reference_of(cfg, norm),
+            reference=plan.references[norm],
             strategy=cfg.eval.get("strategy", "auto"),
-            headline_eps=headline_eps(cfg, norm),
+            headline_eps=plan.headline_eps_of(norm),
         )
-    _tag_active_run(reference_tags(curves))
-    return curves
+    return Evaluation(curves, plan.headline(curves), reference_tags(curves))
 
 
-def _tag_active_run(tags: dict[str, str]) -> None:
-    """Set ``tags`` on the active MLflow run, if there is one (tracking may be off)."""
-    import mlflow
+def evaluate(
+    cfg: DictConfig, model: nn.Module, data: Data, device: torch.device
+) -> dict[str, rbl.Curve]:
+    """The curves of :func:`evaluate_plan` on the plan of ``cfg``, for a caller without a run.
 
-    if tags and mlflow.active_run() is not None:
-        mlflow.set_tags(tags)
+    The run itself uses :func:`evaluate_plan`, whose tags (:func:`reference_tags`) its logger
+    records; nothing here writes to MLflow.
+    """
+    return evaluate_plan(EvalPlan.from_config(cfg), cfg, model, data, device).curves
 
 
 def headline(cfg: DictConfig, curves: dict[str, rbl.Curve]) -> float | None:
-    """Worst-case robust accuracy at ``eval.headline`` (``None`` without curves in that norm)."""
-    curve = curves.get(str(cfg.eval.headline.norm))
+    """Worst-case robust accuracy at ``eval.headline`` (``None`` without curves in that norm).
+
+    For callers without a plan; the run reads it from its :class:`EvalPlan`.
+    """
+    norm, eps = headline_setting(cfg)
+    curve = curves.get(norm)
     if curve is None:
         return None
-    eps = parse_number(cfg.eval.headline.eps)
     k = min(range(len(curve.eps)), key=lambda i: abs(float(curve.eps[i]) - eps))
     return float(curve.worst_case()[k])
-
-
-def tensor_digest(*tensors: Tensor) -> str:
-    """SHA-256 of the tensors' bytes (identifies the exact data evaluated)."""
-    h = hashlib.sha256()
-    for t in tensors:
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 __all__ = [
     "RUN_METRICS",
     "Data",
+    "EvalPlan",
+    "Evaluation",
     "apply_defense",
     "build_attacks",
     "build_model",
@@ -376,6 +319,7 @@ __all__ = [
     "defense_kinds",
     "eps_grids",
     "evaluate",
+    "evaluate_plan",
     "headline",
     "headline_eps",
     "load_data",

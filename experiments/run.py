@@ -43,9 +43,10 @@ import robustbench_local as rbl
 from defenses import distributed as dist_utils
 from defenses.storage import atomic_write_json
 from defenses.trainer import resume_by_default
-from experiments import lifecycle, pipeline, tracking
+from experiments import lifecycle, pipeline, run_record, tracking
 from experiments.callbacks import parent_run_id
 from experiments.lifecycle import Preempted
+from experiments.pipeline import Data, EvalPlan
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class Results:
             ``clean_acc``, ``cost/<norm>/<label>/<key>``).
         rank: The torch.distributed rank that produced these results (0 in one process); only
             rank 0 has a ``run_id`` and wrote the output folder.
+        tags: Run tags the evaluation calls for (``reference.<norm>``).
     """
 
     curves: dict[str, rbl.Curve]
@@ -81,6 +83,7 @@ class Results:
     health: list[dict[str, Any]] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
     rank: int = 0
+    tags: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> str:
         """The curves' tables and the headline, for the terminal."""
@@ -92,6 +95,19 @@ class Results:
         if self.run_id:
             parts.append(f"MLflow run: {self.run_id}")
         return "\n\n".join(parts)
+
+    def record(self) -> run_record.RunRecord:
+        """What the tracking layer logs of these results: curves, health, manifest, tags.
+
+        The model is logged apart (:meth:`experiments.tracking.RunLogger.model`); the layout is
+        :mod:`experiments.run_record`'s.
+        """
+        return run_record.combine(
+            run_record.curves_record(self.curves, self.headline),
+            run_record.health_record(self.health),
+            run_record.manifest_record(self.manifest),
+            run_record.RunRecord(tags=self.tags),
+        )
 
 
 def output_dir(cfg: DictConfig) -> Path:
@@ -124,29 +140,27 @@ def run(cfg: DictConfig) -> Results:
         ValueError: A bad config or a model that fails the preflight, before any training.
         Preempted: SIGTERM arrived (``KeyboardInterrupt`` for Ctrl-C).
     """
-    pipeline.validate(cfg)
+    plan = pipeline.validate(cfg)
     dist_cfg = cfg.get("distributed") or {}
     session = dist_utils.distributed_session(
         dist_cfg.get("backend", "auto"), dist_cfg.get("timeout_s", dist_utils.DEFAULT_TIMEOUT_S)
     )
     with session, lifecycle.preemption_signals():
-        return _run(cfg)
+        return _run(cfg, plan)
 
 
-def _run(cfg: DictConfig) -> Results:
-    """The body of :func:`run`, inside the process group and the preemption handlers."""
+def _run(cfg: DictConfig, plan: EvalPlan) -> Results:
+    """Inside the process group: train, evaluate and record, in the run's output folder.
+
+    The tracked run's logger (``None`` when tracking is off, and on ranks > 0) is the one place
+    that logs: the config first, training metrics per epoch, then the results and the model.
+    """
     device = dist_utils.device_for_rank(pipeline.resolve_device(cfg.device))
-    here = str(output_dir(cfg)) if dist_utils.is_main() else None
-    out = Path(dist_utils.broadcast_object(here))  # rank 0's folder on every rank
-    if dist_utils.is_main():
-        out.mkdir(parents=True, exist_ok=True)
-    else:
-        _quiet(cfg)
+    out = _shared_output_dir(cfg)
     set_eval_state_dir(cfg, out)
     data = pipeline.load_data(cfg)
     model = pipeline.build_model(cfg, data, device)
-    labels = [lbl for g in pipeline.build_attacks(cfg).values() for lbl in g]
-    tags = tracking.run_tags(cfg, labels)
+    tags = run_record.run_tags(cfg, plan.labels)
     with _interruption_logged(out), tracking.mlflow_run(cfg, tags, parent_run_id(), out) as log:
         start = time.perf_counter()
         if log is not None:
@@ -154,20 +168,27 @@ def _run(cfg: DictConfig) -> Results:
         callbacks = [log.training_callback()] if log is not None else []
         with resume_by_default():
             model = pipeline.apply_defense(cfg, model, data, device, out, callbacks)
-        curves = pipeline.evaluate(cfg, model, data, device)
-        results = _results(cfg, curves, model, out, data)
-        results.manifest["wall_time"] = time.perf_counter() - start
-        results.rank = dist_utils.rank()
+        evaluation = pipeline.evaluate_plan(plan, cfg, model, data, device)
+        results = _results(cfg, evaluation, model, out, data, start)
         if dist_utils.is_main():
             _write_local(results)
         if log is not None:
             results.run_id = log.run_id
-            log.curves(curves, results.headline)
-            log.health(results.health)
-            log.manifest(results.manifest)
+            log.record(results.record())
             log.model(model, cfg.tracking.log_model, example=data.test.tensors[0][:2])
         hold(log, start, float(cfg.get("min_duration_s") or 0))
     return results
+
+
+def _shared_output_dir(cfg: DictConfig) -> Path:
+    """Rank 0's output folder on every rank (created there); ranks > 0 are made quiet."""
+    here = str(output_dir(cfg)) if dist_utils.is_main() else None
+    out = Path(dist_utils.broadcast_object(here))
+    if dist_utils.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+    else:
+        _quiet(cfg)
+    return out
 
 
 def hold(log: tracking.RunLogger | None, start: float, min_duration_s: float) -> None:
@@ -217,32 +238,41 @@ def _interruption_logged(out: Path) -> Iterator[None]:
 
 
 def _results(
-    cfg: DictConfig, curves: dict[str, rbl.Curve], model: nn.Module, out: Path, data: Any
+    cfg: DictConfig,
+    evaluation: pipeline.Evaluation,
+    model: nn.Module,
+    out: Path,
+    data: Data,
+    start: float,
 ) -> Results:
+    """The results of a finished run (``start``: its ``time.perf_counter()`` at the start)."""
+    curves = evaluation.curves
     first = next(iter(curves.values()))
     health = [{"norm": norm, **h.to_dict()} for norm, c in curves.items() for h in c.health]
     manifest = {
         "seed": cfg.seed,
         "device": str(pipeline.resolve_device(cfg.device)),
-        "versions": tracking.versions(),
-        "git_commit": tracking.git_commit(),
+        "versions": run_record.versions(),
+        "git_commit": run_record.git_commit(),
         "command": " ".join(sys.argv),
         "dataset": cfg.dataset.name,
         "train_digest": pipeline.tensor_digest(*data.train.tensors),
         "test_digest": pipeline.tensor_digest(*data.test.tensors),
         "eval_indices_digest": pipeline.tensor_digest(first.indices),
         "weights_digest": rbl.weights_digest(model),
+        "wall_time": time.perf_counter() - start,
     }
-    headline = pipeline.headline(cfg, curves)
     return Results(
         curves=curves,
-        headline=headline,
+        headline=evaluation.headline,
         clean_accuracy=first.clean_accuracy,
         model=model,
         output_dir=out,
         manifest=manifest,
         health=health,
-        metrics=tracking.scalar_metrics(curves, headline),
+        metrics=run_record.scalar_metrics(curves, evaluation.headline),
+        rank=dist_utils.rank(),
+        tags=dict(evaluation.tags),
     )
 
 

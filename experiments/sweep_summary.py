@@ -23,8 +23,6 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from mlflow import MlflowClient
-
 from experiments.aggregate import Group, RunCurves, Stat, group_runs
 from experiments.compare import (
     Table,
@@ -36,12 +34,11 @@ from experiments.compare import (
     tidy_rows,
 )
 from experiments.plots import comparison_figure, tradeoff_figure
-from experiments.tracking import metric_batch
+from experiments.run_record import RunRecord, TableArtifact
+from experiments.tracking import Client, write_record
 from robustbench_local.records import metric_key
 
 logger = logging.getLogger(__name__)
-
-_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
 
 
 def display_table(table: Table, spread: str = "std") -> dict[str, list[str]]:
@@ -92,8 +89,27 @@ def _stat_metrics(prefix: str, stat: Stat) -> dict[str, float]:
     return out
 
 
+def summary_record(
+    groups: Sequence[Group], tables: Sequence[Table], spread: str = "std"
+) -> RunRecord:
+    """What a sweep's parent run records about its groups (the module docstring lists it)."""
+    artifacts: dict[str, Any] = {}
+    for table in tables:
+        display = TableArtifact(display_table(table, spread))
+        artifacts[f"comparison/{table.norm}_table.json"] = display
+        artifacts[f"comparison/{table.norm}.md"] = format_markdown([table], spread)
+    artifacts["comparison/summary.json"] = TableArtifact(tidy_table(tables))
+    artifacts["comparison.png"] = comparison_figure(groups, spread=spread)
+    artifacts["tradeoff.png"] = tradeoff_figure(groups, spread=spread)
+    return RunRecord(
+        tags={"group_by": ",".join(groups[0].values) or "-"},
+        metrics=group_metrics(groups),
+        artifacts=artifacts,
+    )
+
+
 def log_sweep_summary(
-    client: MlflowClient, run_id: str, children: Sequence[Any], *, spread: str = "std"
+    client: Client, run_id: str, children: Sequence[Any], *, spread: str = "std"
 ) -> list[Group]:
     """Log the aggregated comparison of the finished ``children`` to the parent ``run_id``.
 
@@ -116,20 +132,8 @@ def log_sweep_summary(
         logger.warning("sweep %s: no finished child run with curves; nothing to aggregate", run_id)
         return []
     groups = group_runs(curves)
-    tables = comparison_tables(curves)
-    for table in tables:
-        client.log_table(
-            run_id, display_table(table, spread), f"comparison/{table.norm}_table.json"
-        )
-        client.log_text(run_id, format_markdown([table], spread), f"comparison/{table.norm}.md")
-    client.log_table(run_id, tidy_table(tables), "comparison/summary.json")
-    batch = metric_batch(group_metrics(groups))
-    for i in range(0, len(batch), _BATCH):
-        client.log_batch(run_id, metrics=batch[i : i + _BATCH])
-    client.log_figure(run_id, comparison_figure(groups, spread=spread), "comparison.png")
-    client.log_figure(run_id, tradeoff_figure(groups, spread=spread), "tradeoff.png")
-    client.set_tag(run_id, "group_by", ",".join(groups[0].values) or "-")
+    write_record(client, run_id, summary_record(groups, comparison_tables(curves), spread))
     return groups
 
 
-__all__ = ["display_table", "group_metrics", "log_sweep_summary", "tidy_table"]
+__all__ = ["display_table", "group_metrics", "log_sweep_summary", "summary_record", "tidy_table"]

@@ -1,31 +1,27 @@
-"""Everything MLflow: where runs go, what each run records, and how curves become metrics.
+"""Everything MLflow: where runs go, their life cycle, what writes a run and what reads runs back.
 
-Metric layout of a run (``<norm>`` is ``linf`` or ``l2``, ``<label>`` an attack label such as
-``pgd`` or ``pgd_adaptive``; characters MLflow does not allow in names, such as the ``+`` of
-``pgd+adaptive``, become ``_``):
+This module (with :mod:`experiments.model_logging`, which stores the model, and
+:mod:`experiments.logged_model`, the code of the logged model) is the only one that talks to
+MLflow. The rest of the experiment hands it plain data: what a run records is a
+:class:`~experiments.run_record.RunRecord` (its layout: :mod:`experiments.run_record`), the
+run's life cycle without the store is :mod:`experiments.lifecycle`, and the comparison of
+logged runs (:mod:`experiments.compare`, :mod:`experiments.sweep_summary`) reads and writes
+runs through the functions here.
 
-- ``clean_acc``: clean accuracy on the evaluated samples.
-- ``robust_acc/<norm>/<label>`` and ``robust_acc/<norm>/worst_case``: one value per eps, with
-  ``step`` = the index of the eps in the grid (MLflow steps are integers).
-- ``eps/<norm>``: the eps value at each step, so ``step`` -> eps can be read back.
-- ``headline_robust_acc``: worst-case robust accuracy at the headline eps.
-- ``cost/<norm>/<label>/{wall_time,n_forward,n_backward}``: attack cost.
-- ``train/<name>``: training metrics, ``step`` = epoch.
-
-Artifacts: ``config.yaml``, ``manifest.json``, ``health.json``, ``curves/<norm>.json``
-(the full :class:`~robustbench_local.Curve`), ``curves/<norm>.png``, ``curves/<norm>_table.txt``,
-``curves/<norm>_per_example.csv`` (rows: evaluated samples; columns: label@eps, 1 = robust) and
-the model (``checkpoint/model.pt``, ``checkpoint/defense.pt`` for a trained denoiser, and an
-MLflow pyfunc model named ``model`` rebuilt from them; see :mod:`experiments.model_logging`).
+- **Where.** :func:`tracking_uri`; with SQLite, artifacts go to ``mlartifacts/`` beside the
+  database (:func:`ensure_experiment`).
+- **One experiment's run.** :func:`mlflow_run` starts or resumes it and ends it FINISHED,
+  FAILED or KILLED; the :class:`RunLogger` it yields is the one place the run is written.
+- **Sweeps and queries.** :func:`create_run` and :func:`end_run` for a sweep's parent run;
+  :func:`connect`, :func:`child_runs`, :func:`experiment_runs` and :func:`metric_history` to
+  read runs back; :func:`write_record` writes a record to any run.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -34,19 +30,39 @@ from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import Metric
+from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from defenses import distributed as dist_utils
 from experiments import lifecycle
-from robustbench_local.records import metric_key, versions
+from experiments.run_record import (
+    RunRecord,
+    TableArtifact,
+    config_record,
+    curve_metrics,
+    curves_record,
+    flat_params,
+    git_commit,
+    health_record,
+    manifest_record,
+    metric_key,
+    per_example_csv,
+    run_name,
+    run_tags,
+    scalar_metrics,
+    versions,
+)
 
 logger = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-_MAX_PARAM_LEN = 500
+Client = MlflowClient
+SYSTEM_TAG_PREFIX = "mlflow."  # MLflow's own tags (run name, parent, source, note...)
+PARENT_TAG = "mlflow.parentRunId"
+
+
+# ------------------------------------------------------------------------------- the store
 
 
 def tracking_uri(uri: str | None = None) -> str:
@@ -57,6 +73,11 @@ def tracking_uri(uri: str | None = None) -> str:
     if env:
         return env
     return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+def connect(uri: str | None = None) -> MlflowClient:
+    """A client bound to :func:`tracking_uri` of ``uri``."""
+    return MlflowClient(tracking_uri(uri))
 
 
 def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
@@ -80,35 +101,7 @@ def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
         return exp.experiment_id
 
 
-def git_commit() -> str | None:
-    """The project's git commit (``None`` outside a git checkout)."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
-def flat_params(cfg: DictConfig) -> dict[str, str]:
-    """The resolved config as flat ``a.b.c -> value`` strings (long values truncated)."""
-    out: dict[str, str] = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, Mapping):
-            for k, v in node.items():
-                walk(v, f"{prefix}.{k}" if prefix else str(k))
-        else:
-            out[prefix] = str(node)[:_MAX_PARAM_LEN]
-
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
-    return out
+# ------------------------------------------------------------------------------ writing
 
 
 def metric_batch(values: Mapping[str, float | list[float]], step: int = 0) -> list[Metric]:
@@ -122,8 +115,42 @@ def metric_batch(values: Mapping[str, float | list[float]], step: int = 0) -> li
     return batch
 
 
+def write_record(client: MlflowClient, run_id: str, record: RunRecord, step: int = 0) -> None:
+    """Write ``record`` to run ``run_id``: tags, params and metrics in one batch, then artifacts.
+
+    MLflow splits a large batch into requests within its limits (1000 metrics, 100 params or
+    tags each).
+
+    Raises:
+        TypeError: An artifact that is neither text, a mapping, a table nor a figure.
+    """
+    metrics = metric_batch(record.metrics, step)
+    params = [Param(k, str(v)) for k, v in record.params.items()]
+    tags = [RunTag(k, str(v)) for k, v in record.tags.items()]
+    if metrics or params or tags:
+        client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
+    for path, artifact in record.artifacts.items():
+        _log_artifact(client, run_id, path, artifact)
+
+
+def _log_artifact(client: MlflowClient, run_id: str, path: str, artifact: Any) -> None:
+    if isinstance(artifact, TableArtifact):
+        client.log_table(run_id, {k: list(v) for k, v in artifact.columns.items()}, path)
+    elif isinstance(artifact, str):
+        client.log_text(run_id, artifact, path)
+    elif isinstance(artifact, Mapping):
+        client.log_dict(run_id, dict(artifact), path)
+    elif hasattr(artifact, "savefig"):
+        client.log_figure(run_id, artifact, path)
+    else:
+        raise TypeError(
+            f"artifact {path!r} is a {type(artifact).__name__}; a RunRecord's artifacts are "
+            "text (str), JSON (a mapping), a TableArtifact or a matplotlib figure"
+        )
+
+
 class RunLogger:
-    """Writes one experiment run's records to the active MLflow run.
+    """Writes one experiment run's records (the experiment's logger, passed in by the run).
 
     Args:
         run_id: The MLflow run to write to.
@@ -134,11 +161,13 @@ class RunLogger:
         self.run_id = run_id
         self.client = client
 
+    def record(self, record: RunRecord) -> None:
+        """Write a :class:`~experiments.run_record.RunRecord` (see :func:`write_record`)."""
+        write_record(self.client, self.run_id, record)
+
     def metrics(self, values: Mapping[str, float | list[float]], step: int = 0) -> None:
         """Log metrics in one batch (lists: one value per step)."""
-        batch = metric_batch(values, step)
-        if batch:
-            self.client.log_batch(self.run_id, metrics=batch)
+        write_record(self.client, self.run_id, RunRecord(metrics=values), step)
 
     def training_callback(self, prefix: str = "train") -> Callable[[int, dict[str, float]], None]:
         """A trainer callback ``cb(epoch, metrics)`` logging ``<prefix>/<name>`` per epoch.
@@ -158,26 +187,19 @@ class RunLogger:
 
     def config(self, cfg: DictConfig) -> None:
         """The resolved config as params and as ``config.yaml``."""
-        mlflow.log_params(flat_params(cfg))
-        mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        self.record(config_record(cfg))
 
     def curves(self, curves: Mapping[str, Any], headline: float | None) -> None:
         """Robustness curves as step-indexed metrics plus JSON, table, CSV and PNG artifacts."""
-        for norm, curve in curves.items():
-            self._curve_artifacts(norm, curve)
-        self.metrics(curve_metrics(curves, headline))
-
-    def _curve_artifacts(self, norm: str, curve: Any) -> None:
-        mlflow.log_dict(curve.to_dict(), f"curves/{norm}.json")
-        mlflow.log_text(curve.table(), f"curves/{norm}_table.txt")
-        mlflow.log_text(per_example_csv(curve), f"curves/{norm}_per_example.csv")
-        mlflow.log_figure(curve.plot(title=f"{norm} robustness"), f"curves/{norm}.png")
+        self.record(curves_record(curves, headline))
 
     def health(self, flags: list[dict[str, Any]]) -> None:
         """Health flags as ``health.json`` and a ``health`` tag (``ok`` or the failed names)."""
-        mlflow.log_dict({"flags": flags}, "health.json")
-        failed = sorted({f["name"] for f in flags if not f.get("ok", True)})
-        mlflow.set_tag("health", ",".join(failed) if failed else "ok")
+        self.record(health_record(flags))
+
+    def manifest(self, manifest: Mapping[str, Any]) -> None:
+        """The reproducibility manifest as ``manifest.json``."""
+        self.record(manifest_record(manifest))
 
     def model(
         self, model: nn.Module, log_mlflow_model: bool = True, example: Tensor | None = None
@@ -193,7 +215,7 @@ class RunLogger:
 
         Args:
             model: The trained (and possibly wrapped) model.
-            log_mlflow_model: Also log the MLflow model.
+            log_mlflow_model: Also log the MLflow model (into the active run).
             example: A few inputs for the MLflow model's signature and its rebuild check.
         """
         from experiments import model_logging as ml
@@ -206,7 +228,7 @@ class RunLogger:
                 files = ml.save_model_files(getattr(model, "classifier", model), tmp)
                 log_mlflow_model = False
             for path in files.values():
-                mlflow.log_artifact(path, "checkpoint")
+                self.client.log_artifact(self.run_id, path, "checkpoint")
             if not log_mlflow_model:
                 return
             try:
@@ -214,99 +236,99 @@ class RunLogger:
             except ml.UnsupportedModelError as err:
                 self._model_skipped(str(err))
                 return
-        mlflow.set_tag("logged_model", "model (pyfunc, weights-only checkpoints)")
+        self.client.set_tag(self.run_id, "logged_model", "model (pyfunc, weights-only checkpoints)")
 
     def _model_skipped(self, reason: str) -> None:
         logger.warning("MLflow model not logged: %s", reason)
-        mlflow.set_tag("logged_model", f"skipped: {reason}"[:5000])
-
-    def manifest(self, manifest: Mapping[str, Any]) -> None:
-        """The reproducibility manifest as ``manifest.json``."""
-        mlflow.log_dict(dict(manifest), "manifest.json")
+        self.client.set_tag(self.run_id, "logged_model", f"skipped: {reason}"[:5000])
 
 
-def curve_metrics(
-    curves: Mapping[str, Any], headline: float | None
-) -> dict[str, float | list[float]]:
-    """The metrics of a run's curves (lists: one value per eps step), named as in the layout above.
+# ---------------------------------------------------------------- one experiment's run
 
-    Scalars: ``clean_acc``, ``headline_robust_acc`` (when there is a headline) and
-    ``cost/<norm>/<label>/<key>``; lists: ``eps/<norm>`` and ``robust_acc/<norm>/<label>``.
+
+def stored_run_id(client: MlflowClient, run_dir: Path | None, uri: str) -> str | None:
+    """The run recorded in ``run_dir`` if it lives in this tracking store, else None."""
+    record = lifecycle.read_run_file(run_dir)
+    if record is None:
+        return None
+    run_id = record.get("run_id")
+    if record.get("tracking_uri") != uri:
+        logger.warning(
+            "%s names run %s in %s, not in %s: starting a new run",
+            run_dir / lifecycle.RUN_FILE,
+            run_id,
+            record.get("tracking_uri"),
+            uri,
+        )
+        return None
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        logger.warning("run %s of %s is not in %s: starting a new run", run_id, run_dir, uri)
+        return None
+    if run.info.lifecycle_stage == "deleted":
+        logger.warning("run %s of %s was deleted: starting a new run", run_id, run_dir)
+        return None
+    return str(run_id)
+
+
+def start_run(
+    client: MlflowClient,
+    *,
+    run_name: str,
+    tags: Mapping[str, str],
+    parent_run_id: str | None,
+    run_dir: Path | None,
+    uri: str,
+) -> Run:
+    """Resume the run recorded in ``run_dir`` (status RUNNING again), or start a new one.
+
+    The new run's id is recorded in ``run_dir / mlflow_run.json``.
     """
-    values: dict[str, float | list[float]] = {}
-    for norm, curve in curves.items():
-        values["clean_acc"] = curve.clean_accuracy
-        values[f"eps/{norm}"] = curve.eps.tolist()
-        for label in curve.attacks:
-            values[metric_key("robust_acc", norm, label)] = curve.accuracy(label).tolist()
-            for key, v in curve.cost.get(label, {}).items():
-                values[metric_key("cost", norm, label, key)] = float(v)
-        values[f"robust_acc/{norm}/worst_case"] = curve.worst_case().tolist()
-    if headline is not None:
-        values["headline_robust_acc"] = headline
-    return values
+    resume_id = stored_run_id(client, run_dir, uri)
+    if resume_id is not None:
+        previous = client.get_run(resume_id)
+        count = int(previous.data.tags.get("resume_count", "0")) + 1
+        note = lifecycle.resume_note(previous.data.tags.get(lifecycle.NOTE_TAG, ""))
+        more = {"resume_count": str(count), lifecycle.NOTE_TAG: note}
+        run = lifecycle.retry_locked(mlflow.start_run, run_id=resume_id, tags={**tags, **more})
+        logger.info("resuming MLflow run %s (resume %d) from %s", resume_id, count, run_dir)
+        return run
+    run = lifecycle.retry_locked(
+        mlflow.start_run, run_name=run_name, parent_run_id=parent_run_id, tags=dict(tags)
+    )
+    if run_dir is not None:
+        lifecycle.write_run_file(run_dir, run.info.run_id, uri)
+    return run
 
 
-def scalar_metrics(curves: Mapping[str, Any], headline: float | None) -> dict[str, float]:
-    """The scalar metrics of :func:`curve_metrics` (what a sweeper can optimise)."""
-    return {
-        k: float(v) for k, v in curve_metrics(curves, headline).items() if not isinstance(v, list)
-    }
+def finish_run() -> None:
+    """End the active run FINISHED."""
+    lifecycle.retry_locked(mlflow.end_run, "FINISHED")
 
 
-def per_example_csv(curve: Any) -> str:
-    """The per-example robustness matrix: one row per sample, one column per label@eps."""
-    buf = io.StringIO()
-    eps = curve.eps.tolist()
-    cols = [f"{label}@{e:.6g}" for label in curve.attacks for e in eps]
-    buf.write(",".join(["index", "clean_correct", *cols]) + "\n")
-    mats = [curve.robust[label].int() for label in curve.attacks]
-    for n, idx in enumerate(curve.indices.tolist()):
-        row = [str(int(m[k, n])) for m in mats for k in range(len(eps))]
-        buf.write(",".join([str(idx), str(int(curve.clean_correct[n])), *row]) + "\n")
-    return buf.getvalue()
+def end_run_on_error(
+    client: MlflowClient, run_id: str, err: BaseException, run_dir: Path | None
+) -> None:
+    """End the active run KILLED (an interruption, with a note) or FAILED (with the error).
 
-
-def run_tags(cfg: DictConfig, attack_labels: list[str]) -> dict[str, str]:
-    """Searchable tags: dataset, model, defense, attacks, git commit, versions, sweep overrides.
-
-    In a sweep job the overrides the sweep varies are added
-    (:func:`experiments.sweep.override_tags`): ``overrides`` (e.g. ``defense=fgsm_at,seed=3``)
-    and ``override.<key>`` per key.
+    Problems reaching the store are logged, never raised: ``err`` is what the caller re-raises.
     """
-    from experiments import sweep
-
-    model = cfg.model.get("name") or str(cfg.model.get("_target_", "custom")).rsplit(".", 1)[-1]
-    tags = {
-        "dataset": str(cfg.dataset.name),
-        "model": str(model),
-        "defense": str(cfg.defense.get("name", "none")),
-        "attacks": ",".join(attack_labels),
-        "seed": str(cfg.seed),
-    }
-    commit = git_commit()
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
-        tags["git_commit"] = commit
-    tags.update({f"version.{k}": v for k, v in versions().items()})
-    tags.update(sweep.override_tags(sweep.varying_overrides(), sweep.job_number()))
-    tags.update({str(k): str(v) for k, v in (cfg.tracking.get("tags") or {}).items()})
-    return tags
-
-
-def run_name(cfg: DictConfig, tags: Mapping[str, str]) -> str:
-    """The run's name.
-
-    In a sweep: its varying overrides (``defense=fgsm_at,seed=3``, after ``tracking.run_name``
-    when that is set); else ``tracking.run_name``, else the short
-    ``<dataset>-<model>-<defense>``.
-    """
-    from experiments import sweep
-
-    base = f"{tags['dataset']}-{tags['model']}-{tags['defense']}"
-    prefix = sweep.OVERRIDE_TAG_PREFIX
-    varying = {k[len(prefix) :]: v for k, v in tags.items() if k.startswith(prefix)}
-    return sweep.run_name(base, varying, cfg.tracking.get("run_name"))
+    name = lifecycle.interruption(err)
+    try:
+        if name is None:
+            mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:5000])
+            mlflow.log_text(lifecycle.error_text(err), "error.txt")
+            lifecycle.retry_locked(mlflow.end_run, "FAILED")
+            return
+        note = lifecycle.kill_note(name, run_dir)
+        previous = client.get_run(run_id).data.tags.get(lifecycle.NOTE_TAG, "")
+        mlflow.set_tags({"preempted": name, lifecycle.NOTE_TAG: f"{previous}\n{note}".strip()})
+        mlflow.log_text(note + "\n", "preempted.txt")
+        lifecycle.retry_locked(mlflow.end_run, "KILLED")
+        logger.warning("MLflow run %s ended KILLED: %s", run_id, note)
+    except (MlflowException, OSError) as store_err:
+        logger.error("could not record the end of run %s: %s", run_id, store_err)
 
 
 @contextlib.contextmanager
@@ -337,39 +359,110 @@ def mlflow_run(
         return
     uri = tracking_uri(cfg.tracking.uri)
     mlflow.set_tracking_uri(uri)
-    client = MlflowClient(uri)
+    store = MlflowClient(uri)
     experiment_id = lifecycle.retry_locked(
-        ensure_experiment, client, cfg.tracking.experiment_name, uri
+        ensure_experiment, store, cfg.tracking.experiment_name, uri
     )
     mlflow.set_experiment(experiment_id=experiment_id)
     name = run_name(cfg, tags)
     folder = Path(run_dir) if run_dir is not None else None
-    run = lifecycle.start_run(
-        client, run_name=name, tags=tags, parent_run_id=parent_run_id, run_dir=folder, uri=uri
+    run = start_run(
+        store, run_name=name, tags=tags, parent_run_id=parent_run_id, run_dir=folder, uri=uri
     )
     run_id = run.info.run_id
     logger.info("MLflow run %s (%s) at %s", run_id, name, uri)
     try:
-        yield RunLogger(run_id, client)
+        yield RunLogger(run_id, store)
     except BaseException as err:
-        lifecycle.end_run_on_error(client, run_id, err, folder)
+        end_run_on_error(store, run_id, err, folder)
         raise
-    lifecycle.finish_run()
+    finish_run()
+
+
+# ------------------------------------------------------------------ sweeps and queries
+
+
+def create_run(
+    client: MlflowClient,
+    experiment_name: str,
+    *,
+    run_name: str,
+    tags: Mapping[str, str],
+    params: Mapping[str, str] | None = None,
+) -> str:
+    """Create a run (not the active one: a sweep's parent) in ``experiment_name``; its id.
+
+    The experiment is created if missing (:func:`ensure_experiment`).
+    """
+    uri = client.tracking_uri
+    exp_id = ensure_experiment(client, experiment_name, uri)
+    run_id = client.create_run(exp_id, run_name=run_name, tags=dict(tags)).info.run_id
+    for key, value in (params or {}).items():
+        client.log_param(run_id, key, value)
+    return run_id
+
+
+def end_run(client: MlflowClient, run_id: str, status: str) -> None:
+    """End run ``run_id`` (not the active one) with ``status`` (``FINISHED``, ``FAILED``...)."""
+    client.set_terminated(run_id, status)
+
+
+def child_runs(client: MlflowClient, parent_run_id: str) -> list[Run]:
+    """Child runs of a sweep's parent run."""
+    parent = client.get_run(parent_run_id)
+    return client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
+        max_results=5000,
+    )
+
+
+def experiment_runs(client: MlflowClient, experiment: str) -> list[Run]:
+    """The runs of experiment ``experiment``.
+
+    Raises:
+        ValueError: There is no such experiment (the known ones are listed).
+    """
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        known = [e.name for e in client.search_experiments()]
+        raise ValueError(f"no MLflow experiment {experiment!r}; known: {known}")
+    return client.search_runs([exp.experiment_id], max_results=5000)
+
+
+def metric_history(client: MlflowClient, run_id: str, key: str) -> list[float]:
+    """The values of metric ``key`` of a run, in step order."""
+    hist = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
+    return [m.value for m in hist]
 
 
 __all__ = [
+    "PARENT_TAG",
+    "SYSTEM_TAG_PREFIX",
+    "Client",
     "RunLogger",
+    "child_runs",
+    "connect",
+    "create_run",
     "curve_metrics",
+    "end_run",
+    "end_run_on_error",
     "ensure_experiment",
+    "experiment_runs",
+    "finish_run",
     "flat_params",
     "git_commit",
     "metric_batch",
+    "metric_history",
     "metric_key",
     "mlflow_run",
     "per_example_csv",
     "run_name",
     "run_tags",
     "scalar_metrics",
+    "start_run",
+    "stored_run_id",
     "tracking_uri",
     "versions",
+    "write_record",
 ]

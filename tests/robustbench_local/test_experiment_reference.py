@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import mlflow
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 from torch.utils.data import TensorDataset
 
@@ -42,22 +42,19 @@ def test_a_bad_eval_reference_fails_validation():
         pipeline.validate(make_cfg("eval.reference={queries:3}"))
 
 
-def test_evaluate_runs_the_reference_at_the_headline_and_tags_the_run(
-    digits, digits_model, monkeypatch
-):
+def test_evaluate_runs_the_reference_at_the_headline_and_returns_its_tags(digits, digits_model):
     cfg = make_cfg(
         "attack=[fgsm]", "eval.n_examples=40", "eval.headline.eps=0.1", "progress=false",
         "eval.checks=false", f"eval.reference={QUICK}",
     )  # fmt: skip
     x, y = digits
     data = pipeline.Data(train=TensorDataset(x[:10], y[:10]), val=None, test=TensorDataset(x, y))
-    tagged = {}
-    monkeypatch.setattr(mlflow, "active_run", lambda: "a run")  # as inside tracking.mlflow_run
-    monkeypatch.setattr(mlflow, "set_tags", tagged.update)
-    curves = pipeline.evaluate(cfg, digits_model, data, pipeline.resolve_device("cpu"))
+    plan = pipeline.validate(cfg)
+    evaluation = pipeline.evaluate_plan(plan, cfg, digits_model, data, torch.device("cpu"))
+    curves = evaluation.curves
     curve = curves["linf"]
     assert curve.attacks == ["fgsm", "reference"]
     grid = [float(e) for e in curve.eps]
     assert curve.reference.ran == [e == 0.1 for e in grid] and curve.reference.reduced
     assert "reference (reduced)" in curve.table()
-    assert tagged == pipeline.reference_tags(curves) == {"reference.linf": "reduced"}
+    assert evaluation.tags == pipeline.reference_tags(curves) == {"reference.linf": "reduced"}
