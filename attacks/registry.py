@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import inspect
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -87,8 +88,29 @@ class Registry(Generic[T]):
         return self._entries[key]
 
     def create(self, name: str, **kwargs: Any) -> T:
-        """Build the entry registered under ``name`` with keyword arguments."""
-        return self.get(name)(**kwargs)
+        """Build the entry registered under ``name`` with keyword arguments.
+
+        Raises:
+            ValueError: For an unknown name; the message lists the known names.
+            TypeError: A keyword the entry does not take; the message lists the ones it does.
+
+        """
+        factory = self.get(name)
+        accepted = accepted_keywords(factory)
+        unknown = sorted(set(kwargs) - accepted) if accepted is not None else []
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], accepted or (), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise TypeError(
+                f"{self.kind} {name!r} does not take {', '.join(map(repr, unknown))}{hint}; "
+                f"it accepts: {', '.join(sorted(accepted or ()))}"
+            )
+        return factory(**kwargs)
+
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (a no-op if it is not registered): for plugins and tests."""
+        self._entries.pop(name.lower(), None)
+        self._metadata.pop(name.lower(), None)
 
     def names(self, pattern: str = "*", **where: Any) -> list[str]:
         """Sorted registered names matching a shell-style ``pattern`` and metadata ``where``.
@@ -118,3 +140,29 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+_NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+
+
+def accepted_keywords(factory: Callable[..., Any]) -> set[str] | None:
+    """The keyword arguments ``factory`` takes; None when it takes any.
+
+    For a class, ``**kwargs`` of an ``__init__`` count as forwarded to the base class's
+    ``__init__`` (the attacks' convention), so the keywords of the whole chain are collected up
+    to the first ``__init__`` without ``**kwargs``.
+    """
+    if isinstance(factory, type):
+        chain = [c.__dict__["__init__"] for c in factory.__mro__ if "__init__" in c.__dict__]
+    else:
+        chain = [factory]
+    names: set[str] = set()
+    for fn in chain:
+        try:
+            params = list(inspect.signature(fn).parameters.values())
+        except (TypeError, ValueError):  # builtins without a signature
+            return None
+        names |= {p.name for p in params if p.kind in _NAMED and p.name != "self"}
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+            return names
+    return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,6 +20,14 @@ from torch import Tensor
 EpsLike = float | Sequence[float] | Tensor | None
 BOUNDS_TOL = 1e-6
 _NP_BOOLS = frozenset({"bool", "bool_"})  # numpy's boolean scalar (named bool in numpy 2)
+
+
+class InputError(ValueError, TypeError):
+    """Bad inputs or labels (a wrong dtype, shape or value range) given to an attack or evaluation.
+
+    Both a ``ValueError`` and a ``TypeError``: entry points that catch ``ValueError`` and code
+    written against the attacks' earlier ``TypeError`` for a wrong dtype both see it.
+    """
 
 
 def check_positive_int(name: str, value: Any, *, minimum: int = 1) -> int:
@@ -161,7 +170,7 @@ def check_inputs(x: Tensor, y: Tensor, bounds: tuple[float, float], name: str = 
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
-        raise TypeError(
+        raise InputError(
             f"x must be a float tensor in {bounds}, got dtype {x.dtype}; divide uint8 images by 255"
         )
     if x.dim() < 2 or x.shape[0] == 0:
@@ -171,12 +180,85 @@ def check_inputs(x: Tensor, y: Tensor, bounds: tuple[float, float], name: str = 
         raise ValueError("x contains NaN or infinite values")
     lo, hi = bounds
     if x_min < lo - BOUNDS_TOL or x_max > hi + BOUNDS_TOL:
-        raise ValueError(
-            f"x has values in [{x_min:.4g}, {x_max:.4g}], outside the bounds ({lo}, {hi}). "
-            "Pass unnormalised inputs in bounds and put normalisation inside the model "
-            "(or set bounds= on the attack)."
-        )
+        found = diagnose_range(x, bounds)
+        if found is not None:
+            raise InputError(
+                f"x has {found.problem()}. {found.fix()} (or set bounds= on the attack)."
+            )
     return check_labels(y, x.shape[0], x.device, name)
+
+
+@dataclass(frozen=True)
+class RangeDiagnosis:
+    """Inputs outside the bounds, and what they most likely are.
+
+    Attributes:
+        kind: ``"pixels_255"`` (0-255 pixel values), ``"normalised"`` (mean/std-normalised
+            data: negative values, per-channel means near 0, stds near 1) or ``"other"``.
+        x_min: The smallest input value.
+        x_max: The largest input value.
+        bounds: The valid input range.
+        mean: Per-channel means of the inputs (one value for inputs that are not ``[N, C, H, W]``).
+        std: Per-channel standard deviations.
+    """
+
+    kind: str
+    x_min: float
+    x_max: float
+    bounds: tuple[float, float]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def problem(self) -> str:
+        """What is wrong, e.g. ``values in [-2.1, 2.6], outside the bounds (0.0, 1.0)``."""
+        lo, hi = self.bounds
+        what = ""
+        if self.kind == "pixels_255":
+            what = ": they look like 0-255 pixel values"
+        elif self.kind == "normalised":
+            what = (
+                f": they look mean/std-normalised (per-channel means {_fmt(self.mean)}, "
+                f"stds {_fmt(self.std)})"
+            )
+        return (
+            f"values in [{self.x_min:.4g}, {self.x_max:.4g}], outside the bounds ({lo}, {hi}){what}"
+        )
+
+    def fix(self) -> str:
+        """What to do, in terms of the model contract (no package above ``attacks`` named)."""
+        if self.kind == "pixels_255":
+            return "Divide the inputs by 255 so that they lie in the bounds"
+        return (
+            "Pass unnormalised inputs in bounds and put normalisation inside the model "
+            "(a first layer that subtracts the mean and divides by the std per channel)"
+        )
+
+
+def _fmt(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:.3g}" for v in values) + ")"
+
+
+def diagnose_range(x: Tensor, bounds: tuple[float, float]) -> RangeDiagnosis | None:
+    """None when every input lies in ``bounds``; else what the out-of-bounds inputs look like.
+
+    Floats up to 255 on ``[0, 1]`` bounds look like pixel values; negative values with
+    per-channel means near 0 and stds near 1 look like mean/std-normalised data.
+    """
+    lo, hi = (float(b) for b in bounds)
+    x_min, x_max = (float(v) for v in torch.aminmax(x.detach()))
+    if x_min >= lo - BOUNDS_TOL and x_max <= hi + BOUNDS_TOL:
+        return None
+    xd = x.detach().double()
+    per = xd.transpose(0, 1).reshape(x.shape[1], -1) if x.dim() == 4 else xd.reshape(1, -1)
+    mean = tuple(float(v) for v in per.mean(dim=1))
+    std = tuple(float(v) for v in per.std(dim=1, unbiased=False))
+    if x_min >= lo - BOUNDS_TOL and hi <= 1.0 + BOUNDS_TOL and 1.5 < x_max <= 255.0 + BOUNDS_TOL:
+        kind = "pixels_255"
+    elif x_min < lo and all(abs(m) < 1.5 for m in mean) and all(0.2 < s < 3.0 for s in std):
+        kind = "normalised"
+    else:
+        kind = "other"
+    return RangeDiagnosis(kind, x_min, x_max, (lo, hi), mean, std)
 
 
 def check_labels(y: Any, n: int, device: torch.device, name: str = "y") -> Tensor:
@@ -189,11 +271,50 @@ def check_labels(y: Any, n: int, device: torch.device, name: str = "y") -> Tenso
     """
     if not isinstance(y, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of class indices, got {type(y).__name__}")
-    if y.dtype.is_floating_point or y.dtype == torch.bool or y.is_complex():
-        raise TypeError(f"{name} must hold integer class indices, got dtype {y.dtype}")
-    if y.shape != (n,):
-        raise ValueError(f"{name} must have shape [N] = [{n}], got {tuple(y.shape)}")
+    problem = label_problem(y, n, name)
+    if problem is not None:
+        raise InputError(problem)
     return y.to(device=device, dtype=torch.long)
+
+
+def label_problem(y: Tensor, n: int | None = None, name: str = "y") -> str | None:
+    """Why ``y`` is not ``[n]`` integer class indices, with the fix; None when it is.
+
+    One-hot (or probability) rows, booleans and float labels are named as such; float labels
+    are never truncated (``3.7`` is not class 3). Ranges are checked against the model's
+    outputs elsewhere (:func:`check_logits`).
+    """
+    if y.dim() == 2 and y.shape[1] >= 2 and (n is None or y.shape[0] == n) and _one_hot(y):
+        return (
+            f"{name} has shape {tuple(y.shape)}: one-hot rows (or probabilities), not integer "
+            f"class indices; pass {name}.argmax(1)"
+        )
+    if y.dtype == torch.bool or y.is_complex():
+        return f"{name} must hold integer class indices, got dtype {y.dtype}"
+    if y.dtype.is_floating_point:
+        frac = y[y != y.round()]
+        if frac.numel():
+            return (
+                f"{name} must hold integer class indices, got dtype {y.dtype} with values such "
+                f"as {float(frac[0]):g} that are not whole numbers; fix the labels (they are "
+                "never truncated)"
+            )
+        return (
+            f"{name} must hold integer class indices, got dtype {y.dtype} (whole numbers); "
+            f"pass {name}.long()"
+        )
+    if n is not None and y.shape != (n,):
+        return f"{name} must have shape [N] = [{n}], got {tuple(y.shape)}"
+    return None
+
+
+def _one_hot(y: Tensor) -> bool:
+    """True when every row of ``y`` ``[N, C]`` is non-negative and sums to 1."""
+    if y.is_complex() or y.numel() == 0:
+        return False
+    yd = y.detach().double()
+    rows = yd.sum(dim=1)
+    return bool((yd >= 0).all()) and torch.allclose(rows, torch.ones_like(rows), atol=1e-3)
 
 
 def check_ids(ids: Any, n: int, device: torch.device) -> Tensor:
@@ -253,6 +374,8 @@ def looks_like_probabilities(out: Tensor) -> bool:
 __all__ = [
     "BOUNDS_TOL",
     "EpsLike",
+    "InputError",
+    "RangeDiagnosis",
     "check_bool",
     "check_bounds",
     "check_ids",
@@ -261,7 +384,9 @@ __all__ = [
     "check_logits",
     "check_number",
     "check_positive_int",
+    "diagnose_range",
     "is_scalar_eps",
+    "label_problem",
     "looks_like_probabilities",
     "parse_eps",
 ]

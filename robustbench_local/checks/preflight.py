@@ -22,13 +22,15 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from attacks.validation import looks_like_probabilities
+from attacks.validation import diagnose_range, label_problem, looks_like_probabilities
 from robustbench_local.checks.registry import CHECKS, check_names, register_check
 from robustbench_local.health import Flag, failed, passed
+from robustbench_local.models.wrap import inputs_fix, output_problem
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +70,7 @@ class Probe:
         x: ``[N, ...]`` every input (the bounds are checked on all of them).
         xs: The first 128 inputs, the ones forwarded.
         ys: Their labels.
-        out: The model's output on ``xs``.
+        out: The model's output on ``xs`` (logits, or whatever else the model returns).
         bounds: The valid input range of the attacks.
     """
 
@@ -76,7 +78,7 @@ class Probe:
     x: Tensor
     xs: Tensor
     ys: Tensor
-    out: Tensor
+    out: Any
     bounds: tuple[float, float]
 
 
@@ -135,24 +137,32 @@ def check_inputs_in_bounds(x: Tensor, bounds: tuple[float, float]) -> Flag:
         )
     if not bool(torch.isfinite(x).all()):
         return failed(name, "error", "inputs contain NaN or inf", "clean the data")
-    x_min, x_max = float(x.min()), float(x.max())
-    if x_min < lo - 1e-6 or x_max > hi + 1e-6:
+    found = diagnose_range(x, (lo, hi))
+    if found is not None:
         return failed(
             name,
             "error",
-            f"inputs lie in [{x_min:.4g}, {x_max:.4g}], outside the bounds [{lo}, {hi}]",
-            "pass unnormalised inputs in bounds and put normalisation inside the model "
-            "(a Normalize layer), or set bounds= on the attacks",
-            min=x_min,
-            max=x_max,
+            f"the inputs have {found.problem()}",
+            inputs_fix(found),
+            min=found.x_min,
+            max=found.x_max,
+            looks_like=found.kind,
         )
+    x_min, x_max = float(x.min()), float(x.max())
     return passed(name, f"inputs lie in [{x_min:.4g}, {x_max:.4g}] within [{lo}, {hi}]")
 
 
-def check_logits(out: Tensor) -> Flag:
-    """Error if the outputs are not finite ``[N, C]`` scores or look like probabilities."""
+def check_logits(out: Any) -> Flag:
+    """Error if the outputs are not finite ``[N, C]`` scores or look like probabilities.
+
+    A dict, tuple, dataclass or HuggingFace-style output is named with the ``wrap_model`` call
+    that extracts its logits.
+    """
     name = "logits_not_probabilities"
-    if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[1] < 2:
+    wrap = output_problem(out)
+    if wrap is not None:
+        return failed(name, "error", f"{wrap[0]}, not a tensor of logits [N, C]", wrap[1])
+    if out.dim() != 2 or out.shape[1] < 2:
         shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
         return failed(
             name, "error", f"the model returns {shape}, not logits [N, C]", "return class logits"
@@ -184,14 +194,22 @@ def check_logits(out: Tensor) -> Flag:
     return passed(name, "the outputs are unnormalised logits")
 
 
-def check_labels(out: Tensor, y: Tensor) -> Flag:
+def check_labels(out: Any, y: Tensor) -> Flag:
     """Error if a label is not a class index of the model's output."""
     name = "labels_in_range"
-    if y.dtype.is_floating_point or y.dtype == torch.bool or y.dim() != 1:
+    problem = label_problem(y, y.shape[0] if y.dim() else None, "labels")
+    if problem is not None or y.dim() != 1:
         return failed(
-            name, "error", f"labels have dtype {y.dtype}, shape {tuple(y.shape)}", "pass int [N]"
+            name,
+            "error",
+            f"labels have dtype {y.dtype}, shape {tuple(y.shape)}",
+            problem or "pass int [N]",
         )
-    c = out.shape[1] if isinstance(out, Tensor) and out.dim() == 2 else 0
+    if not (isinstance(out, Tensor) and out.dim() == 2):
+        return passed(
+            name, "labels are integers (the range is checked once the model returns logits)"
+        )
+    c = out.shape[1]
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= c):
         return failed(
             name,
@@ -203,13 +221,11 @@ def check_labels(out: Tensor, y: Tensor) -> Flag:
 
 
 def check_eval_mode(model: nn.Module) -> Flag:
-    """Warn if the model is in training mode with Dropout or BatchNorm layers."""
+    """Warn if the model is in training mode with Dropout (p > 0) or BatchNorm layers."""
     name = "eval_mode"
     if not isinstance(model, nn.Module) or not model.training:
         return passed(name, "the model is in eval mode")
-    layers = sorted(
-        {type(m).__name__ for m in model.modules() if m.training and isinstance(m, _MODE_DEPENDENT)}
-    )
+    layers = sorted({type(m).__name__ for m in model.modules() if _acts_by_mode(m)})
     if not layers:
         return failed(
             name,
@@ -227,6 +243,13 @@ def check_eval_mode(model: nn.Module) -> Flag:
     )
 
 
+def _acts_by_mode(m: nn.Module) -> bool:
+    """Whether ``m`` behaves differently in training mode (a Dropout with p=0 does not)."""
+    if not m.training or not isinstance(m, _MODE_DEPENDENT):
+        return False
+    return not (isinstance(m, nn.modules.dropout._DropoutNd) and m.p == 0)
+
+
 def _max_diff(a: Tensor, b: Tensor) -> float:
     return float((a - b).abs().max()) if a.numel() else 0.0
 
@@ -239,6 +262,8 @@ def check_deterministic(model: nn.Module, x: Tensor, out: Tensor | None = None) 
     """Warn if two forward passes on the same input disagree (undeclared randomness)."""
     name = "deterministic"
     out = _forward(model, x) if out is None else out
+    if not isinstance(out, Tensor):
+        return passed(name, "skipped: the model does not return a tensor of logits")
     diff = _max_diff(out, _forward(model, x))
     if diff <= _tolerance(out):
         return passed(name, "two forward passes agree", max_diff=diff)
@@ -264,6 +289,8 @@ def check_batch_size_invariance(model: nn.Module, x: Tensor, out: Tensor | None 
     if x.shape[0] < 2:
         return passed(name, "skipped: needs at least 2 samples")
     out = _forward(model, x) if out is None else out
+    if not isinstance(out, Tensor):
+        return passed(name, "skipped: the model does not return a tensor of logits")
     h = x.shape[0] // 2
     halves = torch.cat([_forward(model, x[:h]), _forward(model, x[h:])])
     diff = _max_diff(out, halves)

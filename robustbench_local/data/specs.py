@@ -32,7 +32,12 @@ class DatasetInfo:
     """What a model needs to know about a dataset.
 
     ``mean``/``std`` are per-channel training-set statistics of ``x`` in ``[0, 1]``; the models'
-    ``Normalize`` layers use them.
+    ``Normalize`` layers use them. ``source`` says where the data came from: ``"registered"``
+    (:data:`DATASETS`), or a user spec (:mod:`.user`): ``"folder"`` (images in class
+    subfolders), ``"file"`` (an ``.npz``/``.pt`` file of arrays) or ``"import"``
+    (``module:function``). ``from_uint8`` is True for user data read from 8-bit images and
+    scaled to ``[0, 1]``: its eps grids default to the CIFAR-style ``1/255 ... 16/255``
+    (:func:`~robustbench_local.data.user.default_eps_grid`).
     """
 
     name: str
@@ -40,6 +45,8 @@ class DatasetInfo:
     shape: tuple[int, int, int]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    source: str = "registered"
+    from_uint8: bool = False
 
 
 @dataclass(frozen=True)

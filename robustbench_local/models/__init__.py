@@ -3,7 +3,9 @@
 Every model takes float ``[N, C, H, W]`` inputs in ``[0, 1]`` and returns logits ``[N, classes]``;
 its first layer is a :class:`Normalize` holding the dataset's mean and std. The registry and
 builder live in :mod:`.zoo`, the architectures in :mod:`.small` (digits, MNIST) and
-:mod:`.resnets` (CIFAR-10), checkpoints in :mod:`.checkpoints`.
+:mod:`.resnets` (CIFAR-10), checkpoints in :mod:`.checkpoints`. A user's own architecture is
+registered with :func:`register_model` or named by import path (``"mypkg.nets:Net"``);
+:func:`wrap_model` (:mod:`.wrap`) adapts a model's outputs and preprocessing to the contract.
 
 Example:
     >>> model = create_model("digits_mlp")
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 from robustbench_local.models.checkpoints import (
     FORMAT_VERSION,
+    arch_name,
     load_checkpoint,
     save_checkpoint,
     weights_digest,
@@ -34,7 +37,14 @@ from robustbench_local.models.resnets import (
     wide_resnet,
 )
 from robustbench_local.models.small import digits_mlp, mnist_cnn, mnist_small_cnn
-from robustbench_local.models.zoo import MODELS, Normalize, create_model, model_names
+from robustbench_local.models.wrap import WrappedModel, wrap_model
+from robustbench_local.models.zoo import (
+    MODELS,
+    Normalize,
+    create_model,
+    model_names,
+    register_model,
+)
 
 __all__ = [
     "FORMAT_VERSION",
@@ -44,6 +54,8 @@ __all__ = [
     "PreActResNet",
     "WideBasicBlock",
     "WideResNet",
+    "WrappedModel",
+    "arch_name",
     "create_model",
     "digits_mlp",
     "load_checkpoint",
@@ -51,7 +63,9 @@ __all__ = [
     "mnist_small_cnn",
     "model_names",
     "preact_resnet18",
+    "register_model",
     "save_checkpoint",
     "weights_digest",
     "wide_resnet",
+    "wrap_model",
 ]

@@ -159,3 +159,28 @@ def test_numpy_booleans_are_booleans():
 
     pgd = attacks.create("pgd", random_start=np.bool_(False), early_stop=np.bool_(True))
     assert pgd.random_start is False and pgd.early_stop is True
+
+
+@pytest.mark.parametrize(
+    ("name", "kw", "match"),
+    [
+        ("pgd", {"stepz": 3}, r"attack 'pgd' does not take 'stepz' \(did you mean 'steps'\?\)"),
+        ("fgsm", {"epz": 0.1}, r"attack 'fgsm' does not take 'epz'.*it accepts: .*rel_step_size"),
+        ("apgd_ce", {"n_target_classes": 3}, r"'apgd_ce' does not take.*accepts: .*restarts"),
+    ],
+)
+def test_unknown_keyword_names_the_attack_and_its_keywords(name, kw, match):
+    with pytest.raises(TypeError, match=match):
+        attacks.create(name, **kw)
+
+
+def test_label_and_range_mistakes_are_named(pgd, digits_model, digits_batch):
+    x, y = digits_batch
+    with pytest.raises(ValueError, match=r"one-hot.*y\.argmax\(1\)"):
+        pgd(digits_model, x, nn.functional.one_hot(y, 10), eps=0.1)
+    with pytest.raises(TypeError, match=r"\.5 that are not whole numbers.*never truncated"):
+        pgd(digits_model, x, y.float() + 0.5, eps=0.1)
+    with pytest.raises(
+        ValueError, match=r"look like 0-255 pixel values\. Divide the inputs by 255"
+    ):
+        pgd(digits_model, x * 255, y, eps=0.1)

@@ -167,7 +167,7 @@ def test_save_load_round_trip(name, tmp_path):
         assert torch.equal(loaded(x), model(x))
 
     torch.manual_seed(123)
-    fresh = create_model(name, dropout=0.25, **TINY_KW.get(name, {}))
+    fresh = create_model(name, dropout=0.25, **TINY_KW.get(name, {})).train()
     assert weights_digest(fresh) != digest
     load_checkpoint(path, fresh)
     assert weights_digest(fresh) == digest
