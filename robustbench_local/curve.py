@@ -36,6 +36,8 @@ from robustbench_local.reference import ReferenceRecord
 if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn
     from matplotlib.figure import Figure
 
+    from robustbench_local.certify.curve import CertifiedCurve
+
 
 @dataclass
 class Curve:
@@ -55,6 +57,9 @@ class Curve:
         attack_configs: ``label -> Attack.config()``.
         reference: What the reference suite did (None for curves built without one).
         why: ``label -> why the row is there`` (``"chosen"``, or the reason of a derived run).
+        certified: The certified row on the same samples and grid
+            (``robustness_curve(..., certify=...)``): a lower bound beside the attacks' upper
+            bound; None without one.
     """
 
     eps: Tensor
@@ -69,6 +74,7 @@ class Curve:
     attack_configs: dict[str, dict[str, Any]] = field(default_factory=dict)
     reference: ReferenceRecord | None = None
     why: dict[str, str] = field(default_factory=dict)
+    certified: CertifiedCurve | None = None
 
     @property
     def n_examples(self) -> int:
@@ -151,10 +157,13 @@ class Curve:
         each derived run is there and what the reference did (or that none ran).
         """
         cols = [*(self._column_name(a) for a in self.attacks), "worst_case"]
+        accs = [self.accuracy(a) for a in self.attacks] + [self.worst_case()]
+        if self.certified is not None:
+            cols.append(self.certified.label)
+            accs.append(self.certified.accuracy)
         width = max(10, *(len(c) for c in cols))
         head = f"{'eps':>8} " + " ".join(f"{c:>{width}}" for c in cols)
         lines = [f"clean accuracy {self.clean_accuracy:.2%} on {self.n_examples} samples", head]
-        accs = [self.accuracy(a) for a in self.attacks] + [self.worst_case()]
         for k, e in enumerate(self.eps.tolist()):
             cells = ["-" if math.isnan(float(a[k])) else f"{float(a[k]):.2%}" for a in accs]
             lines.append(f"{e:>8.4g} " + " ".join(f"{c:>{width}}" for c in cells))
@@ -164,7 +173,23 @@ class Curve:
             if why != "chosen" and label != self.reference_label
         ]
         lines += self._reference_lines()
+        lines += self._certified_lines()
         return "\n".join(lines)
+
+    def _certified_lines(self) -> list[str]:
+        cert = self.certified
+        if cert is None:
+            return []
+        if cert.certifies != "the model":
+            return [
+                f"{cert.label}: certified accuracy of {cert.certifies}, another classifier than "
+                "the one the attacks attack: not a bound on this model's robust accuracy"
+            ]
+        gap = ", ".join(f"{g:.1%}" for g in (self.worst_case() - cert.accuracy).tolist())
+        return [
+            f"{cert.label}: guaranteed accuracy of the model; its true robust accuracy lies "
+            f"between it and the worst case (gap {gap})"
+        ]
 
     def _reference_lines(self) -> list[str]:
         ref = self.reference
@@ -208,13 +233,10 @@ class Curve:
                 ax.plot(eps[1:], ref_acc, "rx", ms=8, label=self._column_name(label))
                 continue
             ax.plot(eps, acc, "--" if naive else "-", marker="o", ms=3, label=label)
-        ax.plot(
-            eps,
-            [self.clean_accuracy, *self.worst_case().tolist()],
-            "k-",
-            lw=2.5,
-            label="worst case",
-        )
+        worst = [self.clean_accuracy, *self.worst_case().tolist()]
+        ax.plot(eps, worst, "k-", lw=2.5, label="worst case")
+        if self.certified is not None:
+            self._plot_certified(ax, eps, worst)
         ax.set(xlabel=f"eps ({self.norm})", ylabel="accuracy", ylim=(-0.02, 1.02))
         ax.set_title(title or f"Robustness curve ({self.n_examples} samples)")
         ax.grid(alpha=0.3)
@@ -223,6 +245,16 @@ class Curve:
         if path is not None:
             fig.savefig(path)
         return fig
+
+    def _plot_certified(self, ax: Any, eps: list[float], worst: list[float]) -> None:
+        """The certified row and the band up to the worst case, where the truth lies."""
+        cert = self.certified
+        if cert is None:
+            return
+        low = [cert.clean_accuracy, *cert.accuracy.tolist()]
+        ax.plot(eps, low, "g-", marker="s", ms=3, lw=2, label=cert.label)
+        if cert.certifies == "the model":
+            ax.fill_between(eps, low, worst, color="g", alpha=0.15, label="true robust accuracy")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict (robustness matrices as lists of 0/1)."""
@@ -243,6 +275,7 @@ class Curve:
             "worst_case": self.worst_case().tolist(),
             "chosen_worst_case": self.chosen_worst_case().tolist(),
             "clean_accuracy": self.clean_accuracy,
+            "certified": None if self.certified is None else self.certified.to_dict(),
         }
 
     @classmethod
@@ -261,7 +294,17 @@ class Curve:
             attack_configs=dict(d.get("attack_configs", {})),
             reference=None if not d.get("reference") else ReferenceRecord.from_dict(d["reference"]),
             why=dict(d.get("why") or {}),
+            certified=_certified_from(d.get("certified")),
         )
+
+
+def _certified_from(d: Mapping[str, Any] | None) -> CertifiedCurve | None:
+    """The certified row of :meth:`Curve.to_dict` output (imported only when there is one)."""
+    if not d:
+        return None
+    from robustbench_local.certify.curve import CertifiedCurve
+
+    return CertifiedCurve.from_dict(d)
 
 
 def _no_nan(values: Tensor) -> list[float | None]:

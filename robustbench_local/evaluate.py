@@ -37,7 +37,8 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -50,6 +51,7 @@ from attacks.validation import check_positive_int
 from defenses.data import DataLike
 from robustbench_local import distributed
 from robustbench_local.checks import masking_checks, preflight
+from robustbench_local.checks.certificates import check_certificates
 from robustbench_local.checks.gradients import gradient_probe
 from robustbench_local.checks.reference import check_weaker_than_reference
 from robustbench_local.curve import Curve
@@ -74,6 +76,9 @@ from robustbench_local.reference import (
     resolve_reference,
 )
 from robustbench_local.strategies import CurveStrategy, get_strategy
+
+if TYPE_CHECKING:
+    from robustbench_local.certify.curve import CertifiedCurve
 
 logger = logging.getLogger(__name__)
 MASKING_SAMPLES = 100
@@ -219,6 +224,7 @@ def robustness_curve(
     headline_eps: float | None = None,
     state_dir: str | os.PathLike[str] | None = None,
     strategy: str | CurveStrategy = "auto",
+    certify: str | Mapping[str, Any] | None = None,
 ) -> Curve:
     """Evaluate robust accuracy over an eps grid for each attack and their worst case.
 
@@ -248,6 +254,13 @@ def robustness_curve(
         headline_eps: The eps of the headline number (on the grid; default the largest).
         state_dir: Persist every finished batch here; the same call after a kill skips them
             (:mod:`robustbench_local.state`). A state of another evaluation is refused.
+        certify: Also certify the same samples on the same grid and norm: a method name
+            (``"ibp"``, ``"crown"``, ``"milp"``, ``"smoothing"``) or a mapping
+            ``{"method": ..., **settings}`` (e.g. ``{"method": "smoothing", "sigma": 0.25}``);
+            the curve gets a ``certified (<method>)`` row (:attr:`Curve.certified`), a lower
+            bound beside the attacks' upper bound, and the ``certificate_violated`` flag
+            (an error) where a certified sample is broken by an attack. Smoothing certifies
+            the smoothed classifier, not the model, and its row says so.
 
     Under ``torchrun`` (or an initialised process group) every rank attacks its contiguous
     slice of the sample list and every rank returns the same merged curve: per-sample results
@@ -287,8 +300,14 @@ def robustness_curve(
         plan, model, data, indices=indices, batch_size=batch_size, seed=seed, device=dev,
         state_dir=state_dir, progress=progress, desc="robustness curve",
     )  # fmt: skip
-    draft = plan.curve(run, seed, [*health, *run.flags])
+    certified = _certified_row(
+        certify, model, data, indices, grid, first_attack, seed, batch_size, dev, state_dir,
+        progress,
+    )  # fmt: skip
+    draft = dataclasses.replace(plan.curve(run, seed, [*health, *run.flags]), certified=certified)
     health = [*draft.health, check_weaker_than_reference(draft)]
+    if certified is not None:
+        health.append(check_certificates(draft))
     if checks:
         kw = check_kwargs or {}
         health += distributed.decide_once(masking_checks, draft, model, x0, y0, attack_map, **kw)
@@ -296,6 +315,49 @@ def robustness_curve(
     if world.is_main:
         logger.info("robustness curve done:\n%s", curve.table())
     return curve
+
+
+def _certified_row(
+    spec: str | Mapping[str, Any] | None,
+    model: nn.Module,
+    data: DataLike,
+    indices: Tensor,
+    grid: Sequence[float],
+    attack: atk_lib.Attack,
+    seed: int,
+    batch_size: int,
+    device: torch.device,
+    state_dir: str | os.PathLike[str] | None,
+    progress: bool,
+) -> CertifiedCurve | None:
+    """The certificates of the curve's samples on its grid and norm (None without ``spec``).
+
+    Raises:
+        ValueError: A spec that is neither a method name nor a mapping with ``method``, or a
+            method that does not certify the curve's norm (the message names one that does).
+    """
+    if spec is None or spec is False:
+        return None
+    from robustbench_local.certify.api import CertifyEvaluation, curve_of_run
+    from robustbench_local.certify.base import create_certifier
+
+    if isinstance(spec, str):
+        method, settings = spec, {}
+    elif isinstance(spec, Mapping) and "method" in spec:
+        method, settings = str(spec["method"]), {k: v for k, v in spec.items() if k != "method"}
+    else:
+        raise ValueError(
+            "certify must be a method name ('ibp', 'crown', 'milp', 'smoothing') or a mapping "
+            f"such as {{'method': 'smoothing', 'sigma': 0.25}}, got {spec!r}"
+        )
+    certifier = create_certifier(method, norm=attack.norm.value, bounds=attack.bounds, **settings)
+    kind = CertifyEvaluation(certifier, grid)
+    run = run_evaluation(
+        kind, model, data, indices=indices, batch_size=batch_size, seed=seed, device=device,
+        state_dir=None if state_dir is None else Path(state_dir) / "certify",
+        progress=progress, desc=f"certify ({method})",
+    )  # fmt: skip
+    return curve_of_run(run, kind, seed)
 
 
 def plan_curve(
