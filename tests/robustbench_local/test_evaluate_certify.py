@@ -81,7 +81,7 @@ def test_bad_certify_arguments(digits, digits_model):
         rbl.robustness_curve(digits_model, data, ["fgsm"], [0.1], certify={"sigma": 1}, **kw)
     with pytest.raises(ValueError, match="smoothing certifies l2"):
         rbl.robustness_curve(digits_model, data, ["fgsm"], [0.1], certify="smoothing", **kw)
-    with pytest.raises(ValueError, match="Unknown certification method .magic.. Known certification methods: crown"):
+    with pytest.raises(ValueError, match=r"Unknown certification method 'magic'\. Known"):
         rbl.robustness_curve(digits_model, data, ["fgsm"], [0.1], certify="magic", **kw)
 
 
