@@ -104,11 +104,15 @@ def save_last(state: TrainState, plugins: Sequence[Plugin], epochs: int) -> Path
     return path
 
 
-def restore_last(state: TrainState, plugins: Sequence[Plugin], epochs: int) -> bool:
+def restore_last(
+    state: TrainState, plugins: Sequence[Plugin], epochs: int, *, asked: bool = True
+) -> bool:
     """Restore ``last.pt`` into ``state`` and ``plugins``; False (fresh start) if there is none.
 
     Under ``torch.distributed`` rank 0 decides whether there is a checkpoint and every rank
-    loads it; each rank gets back its own RNG state when the world size is unchanged.
+    loads it; each rank gets back its own RNG state when the world size is unchanged. A
+    missing checkpoint is said in the log only when the caller ``asked`` to resume
+    (``resume=True``): a fresh run that resumes by default has nothing to say.
 
     Raises:
         ValueError: The checkpoint was saved with a different number of plug-ins.
@@ -120,7 +124,8 @@ def restore_last(state: TrainState, plugins: Sequence[Plugin], epochs: int) -> b
         raise ValueError("restore_last needs a TrainState with a checkpoint_dir")
     path = state.checkpoint_dir / LAST_CHECKPOINT
     if not dist_utils.broadcast_object(path.exists()):
-        logger.info("resume=True but %s does not exist: starting from epoch 0", path)
+        if asked:
+            logger.info("resume=True but %s does not exist: starting from epoch 0", path)
         return False
     if not path.exists():
         raise FileNotFoundError(

@@ -308,7 +308,8 @@ class Trainer:
                 plug-in states, history) here after every epoch, atomically (rank 0 writes;
                 under ``torch.distributed`` it must be on a filesystem every rank reads).
             resume: Continue from ``checkpoint_dir/last.pt`` if it exists. ``None`` (default):
-                False, or True inside :func:`resume_by_default` when a ``checkpoint_dir`` is given.
+                False, or True inside :func:`resume_by_default` when a ``checkpoint_dir`` is given
+                (then a missing ``last.pt`` is a fresh run, not mentioned in the log).
 
         Returns:
             The trained model (the plain module, never the DDP wrapper), in eval mode; the same
@@ -319,11 +320,12 @@ class Trainer:
                 that does not divide by the world size.
 
         """
+        asked = resume is True
         if resume is None:
             resume = resume_default() and checkpoint_dir is not None
         state = self._start(model, train, val, device, checkpoint_dir, resume)
         plugins = list(plugins)
-        if not (resume and restore_last(state, plugins, self.epochs)):
+        if not (resume and restore_last(state, plugins, self.epochs, asked=asked)):
             torch.manual_seed(self.rank_seed())
         if dist_utils.is_distributed():
             state.train_model = dist_utils.wrap_ddp(state.model, state.device)

@@ -6,8 +6,9 @@ started by any launcher (joblib processes, submitit on this machine or on SLURM)
 keys the sweep varies go to ``<sweep dir>/sweep_keys.json`` (:mod:`experiments.sweep`), so each
 job names and tags its run after its own values of them. Jobs only create their own child
 runs, which is safe when they run in parallel. When the sweep ends the parent logs the
-aggregated comparison of its children (:mod:`experiments.sweep_summary`). Runs are created,
-read and ended through :mod:`experiments.tracking`.
+aggregated comparison of its children (:mod:`experiments.sweep_summary`) and the terminal shows
+the parent run id and the ``python -m experiments.compare --parent <id>`` command. Runs are
+created, read and ended through :mod:`experiments.tracking`.
 """
 
 from __future__ import annotations
@@ -21,11 +22,19 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from defenses.storage import atomic_write_text
+from experiments.sweep import end_message
 
 logger = logging.getLogger(__name__)
 
 PARENT_ENV = "EXPERIMENTS_PARENT_RUN_ID"
 PARENT_FILE = "mlflow_parent_run_id"
+
+
+def default_uri() -> str:
+    """The tracking URI ``experiments.compare`` uses without ``--tracking-uri``."""
+    from experiments import tracking
+
+    return tracking.tracking_uri(None)
 
 
 def parent_run_id() -> str | None:
@@ -47,7 +56,8 @@ class MLflowSweepCallback(Callback):
     At the end the parent gets status FAILED if any child failed, the number of children and
     failures, and the children's aggregated comparison (tables, metrics per group, the curve
     plot ``comparison.png`` and the trade-off plot ``tradeoff.png``; see
-    :func:`experiments.sweep_summary.log_sweep_summary`).
+    :func:`experiments.sweep_summary.log_sweep_summary`); the terminal shows its id and the
+    command that compares the runs (:func:`experiments.sweep.end_message`).
     """
 
     def __init__(self) -> None:
@@ -108,6 +118,8 @@ class MLflowSweepCallback(Callback):
             raise
         tracking.end_run(client, self.run_id, "FAILED" if failed else "FINISHED")
         os.environ.pop(PARENT_ENV, None)
+        # CLI output: the last lines of the sweep, whatever the jobs did to the logging.
+        print(end_message(self.run_id, self.uri, len(children), len(failed), default_uri()))
 
 
-__all__ = ["PARENT_ENV", "PARENT_FILE", "MLflowSweepCallback", "parent_run_id"]
+__all__ = ["PARENT_ENV", "PARENT_FILE", "MLflowSweepCallback", "default_uri", "parent_run_id"]

@@ -3,17 +3,22 @@
 A run's model is stored as plain data and tensors, never as a pickled object:
 
 - ``model.pt``: the classifier, written by :func:`robustbench_local.save_checkpoint`
-  (architecture name, its kwargs, the state dict and a SHA-256 digest). When the model is an
-  inference-time defense (a :class:`~defenses.Preprocessed` wrapper) the checkpoint's ``meta``
-  records the defense: its registered name, its settings and its ``differentiable``/``random``
-  declarations;
+  (architecture name, its kwargs, the state dict and a SHA-256 digest). The architecture is a
+  registered name or, for the user's own class, its import path ``mypkg.nets:Net`` with the
+  keyword arguments it was built with. When the model is an inference-time defense (a
+  :class:`~defenses.Preprocessed` wrapper) the checkpoint's ``meta`` records the defense: its
+  registered name, its settings and its ``differentiable``/``random`` declarations; when the
+  classifier is wrapped (:func:`robustbench_local.wrap_model`: logits read from a dict,
+  normalisation, input scale) the checkpoint holds the model inside and ``meta["wrap"]`` the
+  wrapper's settings;
 - ``defense.pt``: only for a preprocessor with weights (the trained denoising autoencoder), its
   state dict, again written by ``save_checkpoint``.
 
 :func:`load_model_files` reads both with ``torch.load(weights_only=True)`` (through
 :func:`robustbench_local.load_checkpoint`, which also checks the digests) and rebuilds the
-classifier from the model zoo and the defense from the defense registry: only registered
-architectures and registered defenses can be rebuilt, so a file can never name code to run.
+classifier from the model zoo or the user's package (imported by the path the checkpoint
+records, so that package must be importable where the model is loaded) and the defense from
+the defense registry: a file names code by registered name or import path, never holds any.
 
 :func:`log_model` logs them as an MLflow ``pyfunc`` model whose code is a file
 (:mod:`experiments.logged_model`, MLflow's "models from code"), so the logged model holds no
@@ -153,8 +158,66 @@ def defense_spec(model: nn.Module) -> dict[str, Any] | None:
     }
 
 
+def wrap_settings(model: nn.Module) -> dict[str, Any] | None:
+    """The :func:`robustbench_local.wrap_model` settings of a wrapped classifier (else None).
+
+    Raises:
+        UnsupportedModelError: The logits are read by a function, which a file cannot hold.
+    """
+    from robustbench_local.models import Normalize, WrappedModel
+
+    if not isinstance(model, WrappedModel):
+        return None
+    if model.logits is not None and not isinstance(model.logits, str | int):
+        raise UnsupportedModelError(
+            "the model's logits are read by a function (wrap_model(logits=<function>)), which a "
+            "checkpoint cannot hold; use a dict key, attribute name or index"
+        )
+    norm = model.normalize
+    stats = isinstance(norm, Normalize)
+    return {
+        "logits": model.logits,
+        "mean": norm.mean.flatten().tolist() if stats else None,
+        "std": norm.std.flatten().tolist() if stats else None,
+        "input_scale": float(model.input_scale),
+    }
+
+
+def _parts(
+    model: nn.Module, strict: bool = True
+) -> tuple[dict[str, Any] | None, nn.Module, dict[str, Any] | None]:
+    """``(defense spec, network to checkpoint, wrap settings)`` of a model.
+
+    ``strict=False``: a wrapper that cannot be stored gives ``None`` settings (the network
+    inside is still checkpointed, weights only).
+
+    Raises:
+        UnsupportedModelError: See :func:`defense_spec`; :func:`wrap_settings` when strict.
+    """
+    from robustbench_local.models import WrappedModel
+
+    spec = defense_spec(model)
+    classifier = model.classifier if spec else model
+    try:
+        wrap = wrap_settings(classifier)
+    except UnsupportedModelError:
+        if strict:
+            raise
+        wrap = None
+    net = classifier.model if isinstance(classifier, WrappedModel) else classifier
+    return spec, net, wrap
+
+
 def save_model_files(model: nn.Module, folder: str | os.PathLike[str]) -> dict[str, str]:
     """Write ``model.pt`` (and ``defense.pt`` for a preprocessor with weights) into ``folder``.
+
+    The classifier's architecture is recorded as :func:`robustbench_local.save_checkpoint`
+    does (a registered name, or the import path of the user's class); a network it cannot name
+    (a ``torch.nn`` container, a class defined in a script) is stored under its class name,
+    weights only (:func:`loadable` says why it cannot be rebuilt). A wrapper
+    (:func:`robustbench_local.wrap_model`) is stored as the network inside and its settings in
+    ``meta["wrap"]``; settings a file cannot hold (logits read by a function) leave the network
+    inside, weights only.
 
     Returns:
         ``{"classifier": path}`` plus ``"defense": path`` when there is one (the names are the
@@ -166,11 +229,14 @@ def save_model_files(model: nn.Module, folder: str | os.PathLike[str]) -> dict[s
     from robustbench_local import save_checkpoint
 
     folder = Path(folder)
-    spec = defense_spec(model)
-    classifier = model.classifier if spec else model
-    arch = None if getattr(classifier, "arch", None) else type(classifier).__name__
+    spec, net, wrap = _parts(model, strict=False)
     files = {"classifier": str(folder / CLASSIFIER_FILE)}
-    save_checkpoint(classifier, files["classifier"], arch=arch, meta={"defense": spec})
+    meta = {"defense": spec, **({"wrap": wrap} if wrap is not None else {})}
+    try:
+        save_checkpoint(net, files["classifier"], meta=meta)
+    except ValueError as err:
+        logger.debug("%s: weights only (%s)", type(net).__name__, err)
+        save_checkpoint(net, files["classifier"], arch=type(net).__name__, meta=meta)
     if spec and spec["weights"]:
         files["defense"] = str(folder / DEFENSE_FILE)
         save_checkpoint(model.preprocessor, files["defense"], arch=spec["name"],
@@ -218,10 +284,13 @@ def load_model_files(
             missing ``defense.pt``.
     """
     from defenses.inference import Preprocessed
-    from robustbench_local import load_checkpoint
+    from robustbench_local import load_checkpoint, wrap_model
 
     net = load_checkpoint(classifier, map_location=map_location)
-    spec = (getattr(net, "checkpoint_meta", None) or {}).get("defense")
+    meta = getattr(net, "checkpoint_meta", None) or {}
+    if meta.get("wrap"):
+        net = wrap_model(net, **meta["wrap"])
+    spec = meta.get("defense")
     if not spec:
         return net.eval()
     if spec.get("format") != DEFENSE_FORMAT:
@@ -303,7 +372,11 @@ def check_rebuild(model: nn.Module, files: Mapping[str, str], example: torch.Ten
     if getattr(model, "random", False):
         return
     device = _device(model)
-    rebuilt = load_model_files(files["classifier"], files.get("defense"), map_location=device)
+    try:
+        rebuilt = load_model_files(files["classifier"], files.get("defense"), map_location=device)
+    except (ValueError, TypeError) as err:
+        reason = f"the model cannot be rebuilt from its checkpoint: {err}"
+        raise UnsupportedModelError(reason) from err
     example = example.to(device)
     with torch.no_grad():
         want, got = model(example), rebuilt(example)
@@ -315,18 +388,37 @@ def check_rebuild(model: nn.Module, files: Mapping[str, str], example: torch.Ten
 
 
 def loadable(model: nn.Module) -> str | None:
-    """Why the MLflow model of ``model`` could not be loaded back, or ``None`` if it can."""
-    from robustbench_local.models.zoo import MODELS
+    """Why the MLflow model of ``model`` could not be loaded back, or ``None`` if it can.
 
-    classifier = model.classifier if _wrapped(model) else model
-    arch = getattr(classifier, "arch", None)
-    if arch is None or arch not in MODELS:
+    It can when the classifier is a registered architecture or the user's class (or
+    function) that is imported back by path, and a wrapper's settings are plain data.
+    """
+    try:
+        _, net, _ = _parts(model)
+    except UnsupportedModelError as err:
+        return str(err)
+    arch = getattr(net, "arch", None) or _class_path(net)
+    if arch is None:
         return (
-            f"the classifier {type(classifier).__name__} is not a registered architecture, so "
-            "only its weights are logged (checkpoint/model.pt: load them into your module with "
-            "robustbench_local.load_checkpoint(path, model=...))"
+            f"the classifier {type(net).__name__} is not a registered architecture nor a class "
+            "of your package that can be imported back by path (mypkg.nets:Net), so only its "
+            "weights are logged (checkpoint/model.pt: load them with "
+            "robustbench_local.load_checkpoint(path, arch='mypkg.nets:Net'))"
         )
     return None
+
+
+def _class_path(net: nn.Module) -> str | None:
+    """The import path of the network's class (None for torch containers and script classes)."""
+    from robustbench_local.imports import import_path_of
+
+    cls = type(net)
+    if cls.__module__.split(".")[0] == "torch":
+        return None
+    try:
+        return import_path_of(cls)
+    except ValueError:
+        return None
 
 
 def log_model(
@@ -420,4 +512,5 @@ __all__ = [
     "loadable",
     "log_model",
     "save_model_files",
+    "wrap_settings",
 ]

@@ -6,7 +6,8 @@ override parser (:func:`sweep_keys`) and writes them to ``<sweep dir>/sweep_keys
 any job starts; each job then reads its own values of those keys (:func:`varying_overrides`), so
 its MLflow run is named ``defense=fgsm_at,seed=2`` and tagged ``overrides``,
 ``override.defense`` and ``override.seed``. A single run has no varying overrides and keeps its
-short name (``<dataset>-<model>-<defense>``).
+short name (``<dataset>-<model>-<defense>``). When the sweep ends the terminal shows its parent
+run and the command that compares its runs (:func:`end_message`).
 
 Example:
     >>> sweep_keys(["defense=none,fgsm_at", "seed=range(3)", "train.epochs=2"])
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -158,6 +160,29 @@ def run_name(base: str, values: Mapping[str, str], explicit: str | None = None) 
     return (f"{explicit} {label}" if explicit else label)[:_MAX_NAME]
 
 
+def compare_command(parent_run_id: str, uri: str, default_uri: str | None = None) -> str:
+    """The command that compares a sweep's runs (:mod:`experiments.compare`).
+
+    ``--tracking-uri`` is added when ``uri`` is not the one the command finds by itself
+    (``default_uri``: ``$MLFLOW_TRACKING_URI`` or ``./mlflow.db``).
+    """
+    cmd = f"python -m experiments.compare --parent {parent_run_id}"
+    if default_uri is None or uri != default_uri:
+        cmd += f" --tracking-uri {shlex.quote(uri)}"
+    return cmd
+
+
+def end_message(
+    parent_run_id: str, uri: str, n_runs: int, n_failed: int, default_uri: str | None = None
+) -> str:
+    """What the terminal shows when a sweep ends: its parent run and how to compare its runs."""
+    failed = f", {n_failed} failed" if n_failed else ""
+    return (
+        f"sweep done: {n_runs} run(s){failed}; MLflow parent run {parent_run_id} at {uri}\n"
+        f"compare them: {compare_command(parent_run_id, uri, default_uri)}"
+    )
+
+
 __all__ = [
     "JOB_TAG",
     "KEYS_FILE",
@@ -165,6 +190,8 @@ __all__ = [
     "OVERRIDE_TAG_PREFIX",
     "SEED_KEY",
     "SWEEP_KEYS_TAG",
+    "compare_command",
+    "end_message",
     "job_number",
     "override_key",
     "override_tags",

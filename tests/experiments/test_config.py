@@ -26,7 +26,12 @@ GROUPS = [
     "tracking",
     "experiment",
 ]
-NEEDS_VALUE = {("model", "checkpoint"), ("model", "custom")}
+NEEDS_VALUE = {
+    ("model", "checkpoint"),
+    ("model", "custom"),
+    ("dataset", "files"),
+    ("dataset", "custom"),
+}
 
 
 @pytest.mark.parametrize(
