@@ -1,6 +1,6 @@
 # One command per job; each installs what it needs into .venv first.
 #   make test       run the test suite (what CI runs)
-#   make test-fast  the quick loop: every test not marked slow (MNIST training, multiruns)
+#   make test-fast  the quick loop (< 2 min): no test marked slow or distributed (processes)
 #   make run        run the default experiment offline, then print how to open MLflow
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -23,10 +23,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 test: install
-	$(DATA_ENV) $(PY) -m pytest -q
+	$(DATA_ENV) $(PY) -m pytest -q --durations=15
 
 test-fast: install
-	$(DATA_ENV) $(PY) -m pytest -q -m "not slow"
+	$(DATA_ENV) $(PY) -m pytest -q --durations=15 -m "not slow and not distributed"
 
 run: install
 	$(PY) -m experiments.run

@@ -20,10 +20,13 @@ from __future__ import annotations
 from typing import Any
 
 from defenses.adversarial import FGSMAT, PGDAT, TRADES, AdversarialTraining
+from defenses.augmix import AugMix
+from defenses.certified import CROWNIBPTraining, IBPTraining
 from defenses.denoising import DenoisingAutoencoder
 from defenses.detection import FeatureSqueezing
 from defenses.inference import InputDefense, Preprocessed, register_input_defense
 from defenses.monitors import OverfitGuard, RobustEarlyStopping
+from defenses.noise import GaussianAugmentation
 from defenses.plugins import Plugin, TrainState
 from defenses.preprocessors import (
     JPEG,
@@ -77,12 +80,16 @@ __all__ = [
     "PGDAT",
     "TRADES",
     "AdversarialTraining",
+    "AugMix",
     "BitDepth",
+    "CROWNIBPTraining",
     "DenoisingAutoencoder",
     "Distillation",
     "FeatureSqueezing",
+    "GaussianAugmentation",
     "GaussianBlur",
     "GaussianNoise",
+    "IBPTraining",
     "InputDefense",
     "MedianFilter",
     "OverfitGuard",

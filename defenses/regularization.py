@@ -126,7 +126,7 @@ class RegularizedDefense(TrainingDefense):
         dropout: Insert dropout with this rate (see :func:`add_dropout`; 0 = unchanged).
         label_smoothing: Label smoothing of the cross-entropy (Szegedy et al. 2016).
         gaussian_noise: Std of Gaussian noise added to each training input (clipped to
-            ``bounds``); 0 = no augmentation.
+            ``bounds`` unless :attr:`clip_noise` is False); 0 = no augmentation.
         early_stopping: None, True, or a dict of :class:`RobustEarlyStopping` settings
             (``eps``, ``patience``, ``n``, ``every``, ``steps``...). Needs ``val``.
         bounds: Valid input range.
@@ -137,6 +137,8 @@ class RegularizedDefense(TrainingDefense):
     """
 
     name = "regularized"
+    clip_noise = True
+    """Clip the noisy inputs of ``gaussian_noise`` to ``bounds`` (``gaussian_augmentation``: no)."""
 
     def __init__(
         self,
@@ -201,7 +203,8 @@ class RegularizedDefense(TrainingDefense):
         """Gaussian-noise augmentation (identity when ``gaussian_noise`` is 0)."""
         if self.gaussian_noise == 0:
             return x
-        return (x + self.gaussian_noise * torch.randn_like(x)).clamp(*self.bounds)
+        noisy = x + self.gaussian_noise * torch.randn_like(x)
+        return noisy.clamp(*self.bounds) if self.clip_noise else noisy
 
     def ce(self, logits: Tensor, y: Tensor) -> Tensor:
         """Mean cross-entropy with the configured label smoothing."""

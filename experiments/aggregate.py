@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from attacks.validation import check_choice
@@ -53,6 +53,9 @@ class RunCurves:
         headline: ``headline_robust_acc`` (worst case at the headline eps), if logged.
         headline_norm: ``eval.headline.norm`` of the run.
         headline_eps: ``eval.headline.eps`` of the run.
+        certified: ``norm -> method -> certified accuracy per eps`` (``certified_acc/...``;
+            on the norm's eps grid), empty without ``eval.certify``.
+        corruption: ``corruption_acc/mean`` (mean corruption accuracy), if logged.
     """
 
     run_id: str
@@ -67,6 +70,8 @@ class RunCurves:
     headline: float | None = None
     headline_norm: str | None = None
     headline_eps: float | None = None
+    certified: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    corruption: float | None = None
 
     def value(self, key: str) -> str:
         """The run's value of ``key``: its override, else its tag, else its param, else ``-``."""
@@ -168,6 +173,19 @@ class Group:
         """``headline_robust_acc`` over the runs."""
         return Stat.of(r.headline for r in self.runs)
 
+    @property
+    def corruption(self) -> Stat:
+        """``corruption_acc/mean`` over the runs (``n = 0`` when none has corruptions)."""
+        return Stat.of(r.corruption for r in self.runs)
+
+    def certified_methods(self, norm: str) -> list[str]:
+        """The certification methods of ``norm`` in the group's runs (first-seen order)."""
+        return list(dict.fromkeys(m for r in self.runs for m in r.certified.get(norm, {})))
+
+    def certified_curve(self, norm: str, method: str) -> dict[float, Stat]:
+        """``eps -> Stat`` of the certified accuracy of ``method`` in ``norm``."""
+        return _cells(self.runs, norm, lambda run: run.certified.get(norm, {}).get(method))
+
     def labels(self, norm: str) -> list[str]:
         """Curve labels of ``norm`` in the group (first-seen order, ``worst_case`` last)."""
         seen = [lbl for r in self.runs for lbl in r.accuracy.get(norm, {})]
@@ -176,14 +194,21 @@ class Group:
 
     def curve(self, norm: str, label: str = "worst_case") -> dict[float, Stat]:
         """``eps -> Stat`` of the ``label`` curve in ``norm`` (eps rounded by :func:`eps_key`)."""
-        cells: dict[float, list[float]] = {}
-        for run in self.runs:
-            accs = run.accuracy.get(norm, {}).get(label)
-            if accs is None:
-                continue
-            for e, a in zip(run.eps.get(norm, []), accs, strict=False):
-                cells.setdefault(eps_key(e), []).append(a)
-        return {e: Stat.of(v) for e, v in sorted(cells.items())}
+        return _cells(self.runs, norm, lambda run: run.accuracy.get(norm, {}).get(label))
+
+
+def _cells(
+    runs: Sequence[RunCurves], norm: str, values: Callable[[RunCurves], list[float] | None]
+) -> dict[float, Stat]:
+    """``eps -> Stat`` over ``runs`` of the per-eps ``values`` of each run on its ``norm`` grid."""
+    cells: dict[float, list[float]] = {}
+    for run in runs:
+        accs = values(run)
+        if accs is None:
+            continue
+        for e, a in zip(run.eps.get(norm, []), accs, strict=False):
+            cells.setdefault(eps_key(e), []).append(a)
+    return {e: Stat.of(v) for e, v in sorted(cells.items())}
 
 
 def varying_keys(runs: Sequence[RunCurves], exclude: Sequence[str] = (SEED_KEY,)) -> list[str]:

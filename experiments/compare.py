@@ -4,8 +4,12 @@ Runs are selected by a sweep's parent run, an experiment or tags, then grouped b
 that vary between them other than the seed (or ``--by KEY,...``); each cell is the mean over the
 group's runs (its seeds) with the spread (``--spread std``: sample std and n, the default, or
 ``ci95``: a Student-t 95% interval of the mean; see :mod:`experiments.aggregate` for why). The
-column of the headline eps (``eval.headline.eps``) is marked ``*``. The plot has one line per
-group with a shaded band for the seed spread.
+column of the headline eps (``eval.headline.eps``) is marked ``*``. Runs with ``eval.certify``
+add a ``certified (<method>)`` row per group under its attack rows (the certified accuracy per
+eps: a lower bound where the worst case is an upper one); runs with ``eval.corruptions`` add a
+``corruption`` column (the mean corruption accuracy over the suite's corruptions and
+severities). The plot has one line per group with a shaded band for the seed spread (certified
+rows dotted); the trade-off plot gains a clean vs corruption accuracy panel.
 
 Example:
     python -m experiments.compare --parent <sweep parent run id>
@@ -49,6 +53,8 @@ from experiments.tracking import (
 logger = logging.getLogger(__name__)
 
 _PREFIX = "robust_acc/"
+_CERTIFIED = "certified_acc/"
+CORRUPTION_METRIC = "corruption_acc/mean"
 FORMATS = ("text", "markdown", "csv")
 
 
@@ -107,12 +113,14 @@ def run_curves(client: Client, run: Any) -> RunCurves:
     """Read a run's curves back from its step-indexed metrics, with its overrides and params."""
     eps: dict[str, list[float]] = {}
     acc: dict[str, dict[str, list[float]]] = {}
+    certified: dict[str, dict[str, list[float]]] = {}
     for key in run.data.metrics:
         if key.startswith("eps/"):
             eps[key[4:]] = metric_history(client, run.info.run_id, key)
-        elif key.startswith(_PREFIX):
-            norm, label = key[len(_PREFIX) :].split("/", 1)
-            acc.setdefault(norm, {})[label] = metric_history(client, run.info.run_id, key)
+        elif key.startswith((_PREFIX, _CERTIFIED)):
+            kind, norm, label = key.split("/", 2)
+            into = acc if kind == _PREFIX[:-1] else certified
+            into.setdefault(norm, {})[label] = metric_history(client, run.info.run_id, key)
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
     overrides = {
         k[len(OVERRIDE_TAG_PREFIX) :]: v
@@ -134,6 +142,8 @@ def run_curves(client: Client, run: Any) -> RunCurves:
         headline=metrics.get("headline_robust_acc"),
         headline_norm=params.get("eval.headline.norm"),
         headline_eps=_float(params.get("eval.headline.eps")),
+        certified=certified,
+        corruption=metrics.get(CORRUPTION_METRIC),
     )
 
 
@@ -146,12 +156,17 @@ def _float(text: str | None) -> float | None:
 
 @dataclass
 class Row:
-    """One row of a comparison table: a group's ``label`` curve over the eps grid."""
+    """One row of a comparison table: a group's ``label`` curve over the eps grid.
+
+    ``label`` is an attack label, ``worst_case``, or ``certified (<method>)`` for the group's
+    certified accuracy; ``corruption`` is the group's mean corruption accuracy.
+    """
 
     group: Group
     label: str
     clean: Stat
     cells: dict[float, Stat]
+    corruption: Stat = field(default_factory=lambda: Stat.of([]))
 
 
 @dataclass
@@ -163,7 +178,7 @@ class Table:
         keys: The grouping keys (one column each).
         eps: The union of the groups' eps grids (columns).
         headline: The headline eps of this norm (marked columns).
-        rows: One per group and curve label.
+        rows: One per group and curve label (and certification method).
     """
 
     norm: str
@@ -171,6 +186,16 @@ class Table:
     eps: list[float]
     headline: set[float] = field(default_factory=set)
     rows: list[Row] = field(default_factory=list)
+
+    @property
+    def has_corruption(self) -> bool:
+        """Whether some row has a mean corruption accuracy (the ``corruption`` column)."""
+        return any(row.corruption.n for row in self.rows)
+
+    @property
+    def has_certified(self) -> bool:
+        """Whether some row is a certified row."""
+        return any(row.label.startswith(CERTIFIED_ROW) for row in self.rows)
 
 
 def comparison_tables(
@@ -181,6 +206,9 @@ def comparison_tables(
     norms: Sequence[str] | None = None,
 ) -> list[Table]:
     """One :class:`Table` per norm: a row per group (and label), a column per eps.
+
+    Each group with certified runs gets a ``certified (<method>)`` row per method after its
+    attack rows; each row carries the group's mean corruption accuracy.
 
     Args:
         curves: The runs.
@@ -197,7 +225,10 @@ def comparison_tables(
         for g in groups:
             wanted = g.labels(norm) if labels == "all" else list(labels)
             for label in [lbl for lbl in wanted if lbl in g.labels(norm)]:
-                table.rows.append(Row(g, label, g.clean, g.curve(norm, label)))
+                table.rows.append(Row(g, label, g.clean, g.curve(norm, label), g.corruption))
+            for method in g.certified_methods(norm):
+                cells = g.certified_curve(norm, method)
+                table.rows.append(Row(g, certified_label(method), g.clean, cells, g.corruption))
         table.eps = sorted({e for row in table.rows for e in row.cells})
         tables.append(table)
     return tables
@@ -229,21 +260,27 @@ def table_grid(
         prefix: Put before each eps header (e.g. ``"eps="``).
     """
     eps_cols = [_eps_header(table, e, mark, prefix) for e in table.eps]
-    header = [*table.keys, "curve", "n", "clean", *eps_cols]
+    extra = ["corruption"] if table.has_corruption else []
+    header = [*table.keys, "curve", "n", "clean", *extra, *eps_cols]
     grid = [header]
     for row in table.rows:
         n = len(row.group.runs)
         cells = [_pct(row.cells[e], spread, n) if e in row.cells else "" for e in table.eps]
-        grid.append(
-            [*row.group.values.values(), row.label, str(n), _pct(row.clean, spread, n), *cells]
-        )
+        more = [_pct(row.corruption, spread, n)] if extra else []
+        values = [*row.group.values.values(), row.label, str(n), _pct(row.clean, spread, n)]
+        grid.append([*values, *more, *cells])
     return grid
 
 
 def _caption(table: Table, spread: str, mark: str = "*") -> str:
     what = "± std over seeds" if spread == "std" else "± 95% t-interval of the mean"
     mark = f"; {mark} = headline eps" if table.headline else ""
-    return f"[{table.norm}] robust accuracy (%), mean {what}; n = runs per row{mark}"
+    text = f"[{table.norm}] robust accuracy (%), mean {what}; n = runs per row{mark}"
+    if table.has_certified:
+        text += "; certified rows: certified accuracy (a lower bound on robust accuracy)"
+    if table.has_corruption:
+        text += "; corruption: mean corruption accuracy over corruptions and severities"
+    return text
 
 
 def format_text(tables: Sequence[Table], spread: str = "std") -> str:
@@ -295,20 +332,28 @@ CSV_COLUMNS = (
 def tidy_rows(tables: Sequence[Table]) -> list[dict[str, Any]]:
     """One record per norm, group, label and eps (fractions).
 
-    Each group also gets a ``curve=clean`` record at eps 0 (its clean accuracy).
+    Each group also gets a ``curve=clean`` record at eps 0 (its clean accuracy) and, with
+    corruptions, a ``curve=corruption`` record without eps (its mean corruption accuracy).
+    Certified rows are ``curve=certified (<method>)``.
     """
     out = []
     for table in tables:
         seen: set[str] = set()
         for row in table.rows:
-            cells = [] if row.group.label in seen else [("clean", 0.0, row.clean)]
+            cells: list[tuple[str, float | None, Stat]] = []
+            if row.group.label not in seen:
+                cells.append(("clean", 0.0, row.clean))
+                if row.corruption.n:
+                    cells.append(("corruption", None, row.corruption))
             seen.add(row.group.label)
             cells += [(row.label, e, s) for e, s in row.cells.items()]
             out += [_record(table, row.group, label, e, stat) for label, e, stat in cells]
     return out
 
 
-def _record(table: Table, group: Group, label: str, eps: float, stat: Stat) -> dict[str, Any]:
+def _record(
+    table: Table, group: Group, label: str, eps: float | None, stat: Stat
+) -> dict[str, Any]:
     low, high = stat.band("ci95")
     return {
         "norm": table.norm,
@@ -321,7 +366,7 @@ def _record(table: Table, group: Group, label: str, eps: float, stat: Stat) -> d
         "n": stat.n,
         "ci95_low": low,
         "ci95_high": high,
-        "headline": label != "clean" and eps_key(eps) in table.headline,
+        "headline": eps is not None and label != "clean" and eps_key(eps) in table.headline,
     }
 
 
@@ -356,6 +401,14 @@ def render(tables: Sequence[Table], fmt: str = "text", spread: str = "std") -> s
     if fmt == "csv":
         return format_csv(tables)
     raise ValueError(f"format={fmt!r}; use one of {', '.join(FORMATS)}")
+
+
+CERTIFIED_ROW = "certified"
+
+
+def certified_label(method: str) -> str:
+    """The row label of a certification method: ``certified (crown)``."""
+    return f"{CERTIFIED_ROW} ({method})"
 
 
 def comparison_table(curves: Sequence[RunCurves], norm: str = "linf", spread: str = "std") -> str:
@@ -419,10 +472,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 __all__ = [
+    "CERTIFIED_ROW",
+    "CORRUPTION_METRIC",
     "FORMATS",
     "Row",
     "RunCurves",
     "Table",
+    "certified_label",
     "child_runs",
     "comparison_figure",
     "comparison_table",

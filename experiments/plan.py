@@ -4,7 +4,9 @@
 each norm's reference setting and the headline (its norm, its eps and the eps's index on the
 grid) and checks them against each other, before any data is loaded. The run builds one plan
 and shares it between validation, evaluation and the headline number, so the attacks are built
-once and the headline eps is checked once.
+once and the headline eps is checked once. The plan also holds the certified and corruption
+settings (``eval.certify``, ``eval.corruptions``, ``eval.severities``:
+:mod:`experiments.eval_settings`), checked here too, before any training.
 """
 
 from __future__ import annotations
@@ -20,6 +22,12 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 import attacks as atk_lib
+from experiments.eval_settings import (
+    CertifySetting,
+    CorruptionSetting,
+    certify_setting,
+    corruption_setting,
+)
 from experiments.instantiate import build
 from experiments.resolvers import parse_number
 from robustbench_local.reference import ReferenceArg, reference_from_config
@@ -141,6 +149,19 @@ def _headline_index(norm: str, eps: float, grids: Mapping[str, list[float]]) -> 
     )
 
 
+def _check_corruption_metric(name: Any, corruptions: CorruptionSetting | None) -> None:
+    """A ``corruption_acc/...`` optimized metric needs a corruption curve.
+
+    Raises:
+        ValueError: ``optimized_metric`` is a corruption metric and ``eval.corruptions`` is off.
+    """
+    if corruptions is None and isinstance(name, str) and name.startswith("corruption_acc/"):
+        raise ValueError(
+            f"optimized_metric={name} needs a corruption curve: set eval.corruptions (auto or "
+            "a list of names) or optimize another metric"
+        )
+
+
 @dataclass(frozen=True)
 class EvalPlan:
     """What a run evaluates: built and checked once (:meth:`from_config`), then only read.
@@ -153,6 +174,10 @@ class EvalPlan:
         headline_eps: ``eval.headline.eps`` as a number.
         headline_index: The index of the headline eps on the headline norm's grid (None when
             ``eval.eps`` has no grid in that norm).
+        certify: ``eval.certify`` checked (None: no certified rows): the method, its settings
+            and the norms whose curves get a certified row.
+        corruptions: ``eval.corruptions`` and ``eval.severities`` checked (None: no
+            corruption curve).
     """
 
     attacks: AttackGroups
@@ -161,15 +186,22 @@ class EvalPlan:
     headline_norm: str
     headline_eps: float
     headline_index: int | None
+    certify: CertifySetting | None = None
+    corruptions: CorruptionSetting | None = None
 
     @classmethod
-    def from_config(cls, cfg: DictConfig) -> EvalPlan:
+    def from_config(cls, cfg: DictConfig, info: Any = None) -> EvalPlan:
         """Parse and check the grids and the headline, build the attacks, read the references.
+
+        ``info`` (the loaded data's :class:`~robustbench_local.data.DatasetInfo`, optional)
+        gives the image shape the corruptions are checked against (default: the registered
+        dataset's, if ``dataset.name`` is one).
 
         Raises:
             ValueError: A bad eps grid, a headline eps off its grid, ``eval.n_examples`` not a
-                positive integer, no attack or an attack without a grid, or a bad
-                ``eval.reference``; the message says what to change.
+                positive integer, no attack or an attack without a grid, a bad
+                ``eval.reference``, ``eval.certify``, ``eval.corruptions`` or
+                ``eval.severities``; the message says what to change.
         """
         grids = eps_grids(cfg)
         norm, eps = headline_setting(cfg)
@@ -180,6 +212,14 @@ class EvalPlan:
         groups = _attack_groups(cfg)
         _check_norms(groups, grids)
         references = {g: reference_of(cfg, g) for g in grids}
+        certify = certify_setting(cfg.eval.get("certify"), groups)
+        corruptions = corruption_setting(
+            cfg.eval.get("corruptions"),
+            cfg.eval.get("severities", [1, 2, 3, 4, 5]),
+            cfg.dataset.get("name") if "dataset" in cfg else None,
+            getattr(info, "shape", None),
+        )
+        _check_corruption_metric(cfg.get("optimized_metric"), corruptions)
         return cls(
             attacks=MappingProxyType({k: MappingProxyType(v) for k, v in groups.items()}),
             grids=MappingProxyType({k: tuple(v) for k, v in grids.items()}),
@@ -187,12 +227,18 @@ class EvalPlan:
             headline_norm=norm,
             headline_eps=eps,
             headline_index=index,
+            certify=certify,
+            corruptions=corruptions,
         )
 
     @property
     def labels(self) -> list[str]:
         """Every attack label, norm by norm (the ``attacks`` tag)."""
         return [label for group in self.attacks.values() for label in group]
+
+    def certify_of(self, norm: str) -> dict[str, Any] | None:
+        """The ``certify`` argument of ``norm``'s curve (None: no certified row there)."""
+        return None if self.certify is None else self.certify.argument(norm)
 
     def headline_eps_of(self, norm: str) -> float | None:
         """The headline eps for ``norm``'s curve: None off the headline norm (its largest eps)."""

@@ -1,17 +1,33 @@
-"""Figures of grouped runs: robustness curves with a seed band, and the clean/robust trade-off.
+"""Figures of grouped runs: robustness curves with a seed band, and the accuracy trade-offs.
+
+The curve figure draws each group's certified accuracy (runs with ``eval.certify``) as a dotted
+line of the group's colour under its worst case: the true robust accuracy lies between them.
+The trade-off figure plots clean vs robust accuracy per group and, when the runs have
+corruptions (``eval.corruptions``), a second panel of clean vs mean corruption accuracy on the
+same clean-accuracy axis, so a group that buys adversarial robustness with corruption
+robustness (or the reverse) shows up as a point that moves down in one panel and up in the other.
 
 References:
     Tsipras et al., "Robustness May Be at Odds with Accuracy", ICLR 2019 (the clean vs robust
     accuracy trade-off the second figure shows).
+    Hendrycks & Dietterich, "Benchmarking Neural Network Robustness to Common Corruptions and
+    Perturbations", ICLR 2019 (mean corruption accuracy).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from experiments.aggregate import Group, RunCurves, group_runs, headline_eps, pareto_front
+from experiments.aggregate import (
+    Group,
+    RunCurves,
+    Stat,
+    group_runs,
+    headline_eps,
+    pareto_front,
+)
 
 _MAX_LEGEND_CHARS = 48
 
@@ -68,6 +84,7 @@ def comparison_figure(
             bands = [s.band(spread) for s in stats]
             ax.fill_between(xs, [b[0] for b in bands], [b[1] for b in bands],
                             color=line.get_color(), alpha=0.2, linewidth=0)  # fmt: skip
+            _certified_lines(ax, g, norm, line.get_color())
         for e in sorted(headline_eps(runs, norm)):
             ax.axvline(e, color="grey", ls=":", lw=1)
         band = "± std over seeds" if spread == "std" else "95% interval of the mean"
@@ -80,37 +97,68 @@ def comparison_figure(
     return fig
 
 
+def _certified_lines(ax: Any, group: Group, norm: str, color: str) -> None:
+    """The group's mean certified accuracy per method, dotted, from its clean accuracy."""
+    for method in group.certified_methods(norm):
+        curve = group.certified_curve(norm, method)
+        if not curve:
+            continue
+        ys = [group.clean.mean, *(s.mean for s in curve.values())]
+        ax.plot([0.0, *curve], ys, ls=":", lw=1.6, marker="s", ms=2.5, color=color,
+                label=f"{_legend(group)} certified ({method})")  # fmt: skip
+
+
 def tradeoff_figure(groups: Sequence[Group], *, spread: str = "std") -> Any:
     """Clean accuracy (x) vs headline robust accuracy (y), a point per group, Pareto front marked.
 
     Error bars are the spread over each group's runs; the front (groups no other group beats in
-    both accuracies) is joined by a line and ringed.
+    both accuracies) is joined by a line and ringed. When some group has a mean corruption
+    accuracy, a second panel (same x axis) plots clean vs mean corruption accuracy the same way.
     """
     from matplotlib.figure import Figure
 
     groups = list(groups)
-    fig = Figure(figsize=(6.5, 5), dpi=110)
-    ax = fig.add_subplot(1, 1, 1)
-    points = [(g.clean.mean, g.headline.mean) for g in groups]
+    corrupted = any(g.corruption.n for g in groups)
+    fig = Figure(figsize=(12 if corrupted else 6.5, 5), dpi=110)
+    ax = fig.add_subplot(1, 2 if corrupted else 1, 1)
+    ylabel = f"robust accuracy ({_headline_text(groups)})"
+    _tradeoff_panel(ax, groups, lambda g: g.headline, spread, ylabel)
+    ax.set_title("clean vs robust accuracy per group")
+    if corrupted:
+        ax2 = fig.add_subplot(1, 2, 2, sharex=ax)
+        ylabel = f"mean corruption accuracy ({_suite_text(groups)})"
+        _tradeoff_panel(ax2, groups, lambda g: g.corruption, spread, ylabel)
+        ax2.set_title("clean vs corruption accuracy per group")
+    fig.tight_layout()
+    return fig
+
+
+def _tradeoff_panel(
+    ax: Any, groups: Sequence[Group], stat: Callable[[Group], Stat], spread: str, ylabel: str
+) -> None:
+    """One trade-off panel: clean accuracy vs ``stat`` per group, the Pareto front ringed."""
+    points = [(g.clean.mean, stat(g).mean) for g in groups]
     front = set(pareto_front(points))
     for i, g in enumerate(groups):
         x, y = points[i]
         if math.isnan(x) or math.isnan(y):
             continue
-        ax.errorbar(x, y, xerr=_err(g.clean, spread), yerr=_err(g.headline, spread), fmt="o",
+        ax.errorbar(x, y, xerr=_err(g.clean, spread), yerr=_err(stat(g), spread), fmt="o",
                     ms=6, capsize=3, label=_legend(g))  # fmt: skip
         ax.annotate(g.label, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
     if front:
         pts = sorted(points[i] for i in front)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], color="black", lw=1.2, ls="--",
                 marker="o", ms=13, mfc="none", mec="black", label="Pareto front")  # fmt: skip
-    ax.set(xlabel="clean accuracy", ylabel=f"robust accuracy ({_headline_text(groups)})",
-           title="clean vs robust accuracy per group")  # fmt: skip
+    ax.set(xlabel="clean accuracy", ylabel=ylabel)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    return fig
+
+
+def _suite_text(groups: Sequence[Group]) -> str:
+    suites = sorted({r.tags.get("corruptions", "") for g in groups for r in g.runs} - {""})
+    return ", ".join(suites) or "corruptions"
 
 
 def _err(stat: Any, spread: str) -> float:

@@ -6,6 +6,14 @@ Examples:
     python -m experiments.run experiment=mnist_fast_at
     python -m experiments.run -m defense=none,fgsm_at attack=fgsm,pgd hydra/launcher=joblib
 
+Your own model and data (only config keys, no code changes; see ``conf/dataset/files.yaml``,
+``conf/dataset/custom.yaml``, ``conf/model/checkpoint.yaml``):
+
+    python -m experiments.run dataset=files dataset.path=my_images/ train=none defense=none \
+        model=checkpoint model.path=net.pt model.arch=mypkg.nets:Net +model.arch_kwargs.width=64
+    python -m experiments.run dataset=files dataset.path=test.npz model=custom \
+        model._target_=mypkg.nets.Net +model.wrap.logits=logits      # forward returns a dict
+
 The Hydra main returns the metric named by ``optimized_metric`` (default ``headline_robust_acc``,
 the worst-case robust accuracy at ``eval.headline``), so sweepers (e.g. Optuna) can optimise it.
 
@@ -36,7 +44,7 @@ from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
-from torch import nn
+from torch import Tensor, nn
 
 import experiments  # noqa: F401  (registers the ${frac:...} and ${mul:...} resolvers)
 import robustbench_local as rbl
@@ -46,11 +54,13 @@ from defenses.trainer import resume_by_default
 from experiments import lifecycle, pipeline, run_record, tracking
 from experiments.callbacks import parent_run_id
 from experiments.lifecycle import Preempted
-from experiments.pipeline import Data, EvalPlan
+from experiments.pipeline import Data
 
 logger = logging.getLogger(__name__)
 
 EVAL_STATE_DIR = "eval_state"
+CURVE_LOGGER = "robustbench_local.evaluate"
+"""The logger robustness_curve writes each curve's table to when it is done."""
 
 
 @dataclass
@@ -70,7 +80,11 @@ class Results:
             ``clean_acc``, ``cost/<norm>/<label>/<key>``).
         rank: The torch.distributed rank that produced these results (0 in one process); only
             rank 0 has a ``run_id`` and wrote the output folder.
-        tags: Run tags the evaluation calls for (``reference.<norm>``).
+        tags: Run tags the evaluation calls for (``reference.<norm>``, ``certify``,
+            ``corruptions``).
+        corruptions: The corruption curve on the same samples (``eval.corruptions``), or None.
+            A certified row is part of its norm's curve (``curves[norm].certified``).
+        corruption_example: The first evaluated image, for the corruptions' example grid.
     """
 
     curves: dict[str, rbl.Curve]
@@ -84,12 +98,23 @@ class Results:
     metrics: dict[str, float] = field(default_factory=dict)
     rank: int = 0
     tags: dict[str, str] = field(default_factory=dict)
+    corruptions: rbl.CorruptionCurve | None = None
+    corruption_example: Tensor | None = None
 
-    def summary(self) -> str:
-        """The curves' tables and the headline, for the terminal."""
-        parts = [f"[{norm}]\n{curve.table()}" for norm, curve in self.curves.items()]
+    def summary(self, tables: bool = True) -> str:
+        """The tables (unless ``tables`` is False), the headline, health and run id.
+
+        One table per curve (its certified row is a column of it) and one for the corruption
+        curve; the headline lines follow (the certified accuracy at the headline eps and the
+        mean corruption accuracy beside the worst case).
+        """
+        parts = [f"[{norm}]\n{curve.table()}" for norm, curve in self.curves.items() if tables]
+        if tables and self.corruptions is not None:
+            parts.append(f"[corruptions]\n{self.corruptions.table()}")
         if self.headline is not None:
             parts.append(f"headline worst-case robust accuracy: {self.headline:.2%}")
+        if self.corruptions is not None:
+            parts.append(run_record.corruption_headline(self.corruptions))
         failed = sorted({h["name"] for h in self.health if not h.get("ok", True)})
         parts.append(f"health: {', '.join(failed) if failed else 'ok'}")
         if self.run_id:
@@ -104,6 +129,7 @@ class Results:
         """
         return run_record.combine(
             run_record.curves_record(self.curves, self.headline),
+            run_record.corruptions_record(self.corruptions, self.corruption_example),
             run_record.health_record(self.health),
             run_record.manifest_record(self.manifest),
             run_record.RunRecord(tags=self.tags),
@@ -140,26 +166,32 @@ def run(cfg: DictConfig) -> Results:
         ValueError: A bad config or a model that fails the preflight, before any training.
         Preempted: SIGTERM arrived (``KeyboardInterrupt`` for Ctrl-C).
     """
-    plan = pipeline.validate(cfg)
+    pipeline.resolve_device(cfg.device)
     dist_cfg = cfg.get("distributed") or {}
     session = dist_utils.distributed_session(
         dist_cfg.get("backend", "auto"), dist_cfg.get("timeout_s", dist_utils.DEFAULT_TIMEOUT_S)
     )
     with session, lifecycle.preemption_signals():
-        return _run(cfg, plan)
+        return _run(cfg)
 
 
-def _run(cfg: DictConfig, plan: EvalPlan) -> Results:
-    """Inside the process group: train, evaluate and record, in the run's output folder.
+def _run(cfg: DictConfig) -> Results:
+    """Inside the process group: check, train, evaluate and record, in the run's output folder.
 
-    The tracked run's logger (``None`` when tracking is off, and on ranks > 0) is the one place
-    that logs: the config first, training metrics per epoch, then the results and the model.
+    The data comes first (the eps grids left to it are filled in), then the plan
+    (:func:`pipeline.validate`) and the model with the input checks, all before the output
+    folder and the MLflow run are created. The tracked run's logger (``None`` when tracking is
+    off, and on ranks > 0) is the one place that logs: the config first, training metrics per
+    epoch, then the results and the model.
     """
+    if not dist_utils.is_main():
+        _quiet(cfg)
     device = dist_utils.device_for_rank(pipeline.resolve_device(cfg.device))
+    data = pipeline.load_data(cfg)
+    plan = pipeline.validate(cfg, data.info)
+    model = pipeline.build_model(cfg, data, device)
     out = _shared_output_dir(cfg)
     set_eval_state_dir(cfg, out)
-    data = pipeline.load_data(cfg)
-    model = pipeline.build_model(cfg, data, device)
     tags = run_record.run_tags(cfg, plan.labels)
     with _interruption_logged(out), tracking.mlflow_run(cfg, tags, parent_run_id(), out) as log:
         start = time.perf_counter()
@@ -181,13 +213,11 @@ def _run(cfg: DictConfig, plan: EvalPlan) -> Results:
 
 
 def _shared_output_dir(cfg: DictConfig) -> Path:
-    """Rank 0's output folder on every rank (created there); ranks > 0 are made quiet."""
+    """Rank 0's output folder on every rank (created there)."""
     here = str(output_dir(cfg)) if dist_utils.is_main() else None
     out = Path(dist_utils.broadcast_object(here))
     if dist_utils.is_main():
         out.mkdir(parents=True, exist_ok=True)
-    else:
-        _quiet(cfg)
     return out
 
 
@@ -248,7 +278,7 @@ def _results(
     """The results of a finished run (``start``: its ``time.perf_counter()`` at the start)."""
     curves = evaluation.curves
     first = next(iter(curves.values()))
-    health = [{"norm": norm, **h.to_dict()} for norm, c in curves.items() for h in c.health]
+    health = run_record.health_flags(curves, evaluation.corruptions)
     manifest = {
         "seed": cfg.seed,
         "device": str(pipeline.resolve_device(cfg.device)),
@@ -270,9 +300,14 @@ def _results(
         output_dir=out,
         manifest=manifest,
         health=health,
-        metrics=run_record.scalar_metrics(curves, evaluation.headline),
+        metrics={
+            **run_record.scalar_metrics(curves, evaluation.headline),
+            **run_record.corruption_scalars(evaluation.corruptions),
+        },
         rank=dist_utils.rank(),
         tags=dict(evaluation.tags),
+        corruptions=evaluation.corruptions,
+        corruption_example=evaluation.example,
     )
 
 
@@ -281,6 +316,10 @@ def _write_local(results: Results) -> None:
     for norm, curve in results.curves.items():
         atomic_write_json(results.output_dir / f"curve_{norm}.json", curve.to_dict(), indent=None)
         curve.plot(str(results.output_dir / f"curve_{norm}.png"), title=f"{norm} robustness")
+    if results.corruptions is not None:
+        corr = results.corruptions
+        atomic_write_json(results.output_dir / "corruptions.json", corr.to_dict(), indent=None)
+        corr.plot(str(results.output_dir / "corruptions.png"))
     atomic_write_json(results.output_dir / "manifest.json", results.manifest, indent=2)
 
 
@@ -305,13 +344,22 @@ def optimized_value(results: Results, name: str | None) -> float | None:
     )
 
 
+def tables_logged() -> bool:
+    """Whether the curves' tables were in the log already (robustness_curve logs them at INFO).
+
+    Hydra's logging sends INFO to the terminal, so the summary then leaves them out: each
+    table is shown once.
+    """
+    return logging.getLogger(CURVE_LOGGER).isEnabledFor(logging.INFO)
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point: run, print the summary, return the ``optimized_metric``."""
     logger.debug("config:\n%s", OmegaConf.to_yaml(cfg))
     results = run(cfg)
     if results.rank == 0:
-        print(results.summary())
+        print(results.summary(tables=not tables_logged()))
         print(f"outputs: {results.output_dir}")
     return optimized_value(results, cfg.get("optimized_metric"))
 

@@ -12,8 +12,11 @@ them (by the overrides that vary, other than the seed), and the parent gets:
 - metrics per group ``group/<group>/{clean_acc,headline_robust_acc}/{mean,std,n}`` and the
   mean worst-case curve ``group/<group>/robust_acc/<norm>/worst_case/{mean,std}`` (``step`` =
   eps index, ``group/<group>/eps/<norm>`` the eps), ``<group>`` being e.g. ``defense_fgsm_at``;
-- ``comparison.png`` (one line per group with its seed band) and ``tradeoff.png`` (clean vs
-  robust accuracy per group, the Pareto front marked);
+  with certified runs the mean certified curve ``group/<group>/certified_acc/<norm>/<method>/
+  {mean,std}``, with corruptions ``group/<group>/corruption_acc/mean/{mean,std,n}``;
+- ``comparison.png`` (one line per group with its seed band, certified rows dotted) and
+  ``tradeoff.png`` (clean vs robust accuracy per group, the Pareto front marked; beside it clean
+  vs mean corruption accuracy when the runs have corruptions);
 - tags ``sweep_keys`` (what varies) and ``group_by`` (what the groups are).
 """
 
@@ -67,17 +70,27 @@ def group_metrics(groups: Sequence[Group]) -> dict[str, float | list[float]]:
         name = metric_key(g.label)
         for metric, stat in (("clean_acc", g.clean), ("headline_robust_acc", g.headline)):
             values.update(_stat_metrics(f"group/{name}/{metric}", stat))
+        if g.corruption.n:
+            values.update(_stat_metrics(f"group/{name}/corruption_acc/mean", g.corruption))
         norms = dict.fromkeys(n for r in g.runs for n in r.accuracy)
         for norm in norms:
             curve = g.curve(norm, "worst_case")
             if not curve:
                 continue
             values[f"group/{name}/eps/{norm}"] = list(curve)
-            key = f"group/{name}/robust_acc/{norm}/worst_case"
-            values[f"{key}/mean"] = [s.mean for s in curve.values()]
-            if all(s.n > 1 for s in curve.values()):
-                values[f"{key}/std"] = [s.std for s in curve.values()]
+            values.update(_curve_metrics(f"group/{name}/robust_acc/{norm}/worst_case", curve))
+            for method in g.certified_methods(norm):
+                key = metric_key("group", name, "certified_acc", norm, method)
+                values.update(_curve_metrics(key, g.certified_curve(norm, method)))
     return values
+
+
+def _curve_metrics(key: str, curve: dict[float, Stat]) -> dict[str, list[float]]:
+    """``<key>/mean`` per eps step, and ``<key>/std`` when every eps has two runs or more."""
+    out = {f"{key}/mean": [s.mean for s in curve.values()]}
+    if curve and all(s.n > 1 for s in curve.values()):
+        out[f"{key}/std"] = [s.std for s in curve.values()]
+    return out
 
 
 def _stat_metrics(prefix: str, stat: Stat) -> dict[str, float]:

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from defenses import distributed as dist_utils
 from experiments import lifecycle
 from experiments.run_record import (
+    Metrics,
     RunRecord,
     TableArtifact,
     config_record,
@@ -104,14 +105,18 @@ def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
 # ------------------------------------------------------------------------------ writing
 
 
-def metric_batch(values: Mapping[str, float | list[float]], step: int = 0) -> list[Metric]:
-    """MLflow metrics: a scalar at ``step``, or a list whose index is the step."""
+def metric_batch(values: Metrics, step: int = 0) -> list[Metric]:
+    """MLflow metrics: a scalar at ``step``, a list whose index is the step, or ``{step: v}``."""
     now = int(time.time() * 1000)
     batch = []
     for key, value in values.items():
-        seq = value if isinstance(value, list) else [value]
-        first = 0 if isinstance(value, list) else step
-        batch += [Metric(key, float(v), now, first + i) for i, v in enumerate(seq)]
+        if isinstance(value, Mapping):
+            steps = {int(k): v for k, v in value.items()}
+        elif isinstance(value, list):
+            steps = dict(enumerate(value))
+        else:
+            steps = {step: value}
+        batch += [Metric(key, float(v), now, k) for k, v in steps.items()]
     return batch
 
 
@@ -165,8 +170,8 @@ class RunLogger:
         """Write a :class:`~experiments.run_record.RunRecord` (see :func:`write_record`)."""
         write_record(self.client, self.run_id, record)
 
-    def metrics(self, values: Mapping[str, float | list[float]], step: int = 0) -> None:
-        """Log metrics in one batch (lists: one value per step)."""
+    def metrics(self, values: Metrics, step: int = 0) -> None:
+        """Log metrics in one batch (lists: one value per step; mappings: ``{step: value}``)."""
         write_record(self.client, self.run_id, RunRecord(metrics=values), step)
 
     def training_callback(self, prefix: str = "train") -> Callable[[int, dict[str, float]], None]:

@@ -2,7 +2,10 @@
 
 A :class:`ModelCard` holds RobustBench's fields (accuracies in percent, as in RobustBench) plus
 the sample count, a 95% interval, the seed, the weights digest, the suite version, the health
-flags and the cost, and round-trips through JSON files (written atomically).
+flags and the cost, and round-trips through JSON files (written atomically). Optionally it also
+holds the certified accuracy at the track's eps (``certified``: method, settings, accuracy) and
+the mean accuracy under common corruptions (``corruptions``: suite, severities, mean); cards
+written before these fields existed load unchanged.
 
 References:
     Croce et al., "RobustBench: a standardized adversarial robustness benchmark",
@@ -58,7 +61,9 @@ class ModelCard:
     Attributes:
         name: Display name (unique within a leaderboard folder).
         architecture: Architecture name (``model.arch`` for zoo models).
-        dataset: Track dataset (``"mnist"``).
+        dataset: Track dataset: a registered name (``"mnist"``), or the name of the user's data
+            (the folder's or file's name, the import path; ``"arrays"`` for data passed in
+            memory), which ``dataset_digest`` identifies.
         threat_model: ``"linf"`` or ``"l2"``.
         eps: The budget, in input units.
         clean_acc: Clean accuracy in percent.
@@ -80,6 +85,18 @@ class ModelCard:
         adaptive: Whether BPDA/EOT runs were part of the headline.
         created: ISO timestamp.
         notes: Free text.
+        dataset_digest: sha256 of the user's test split as evaluated (float32 ``x``, int64
+            ``y``; :func:`robustbench_local.utils.tensor_digest`); ``None`` for a registered
+            dataset, whose files are checksummed. Cards with equal digests ran on the same data.
+        dataset_origin: Where the user's data came from (``"folder /data/pngs"``,
+            ``"file /data/test.npz"``, ``"import mypkg.data:load"``, ``"in memory"``); ``None``
+            for a registered dataset.
+        certified: The certified accuracy at the track's eps on the same samples, or None:
+            ``{"method", "settings", "certifies", "eps", "accuracy" (percent), "n"}``
+            (``certifies`` is ``"the smoothed classifier"`` for randomized smoothing).
+        corruptions: The accuracy under common corruptions on the same samples, or None:
+            ``{"suite", "corruptions", "severities" (1-5, "bench"), "mean_acc" (percent, over
+            every corruption and severity), "clean_acc" (percent), "n"}``.
     """
 
     name: str
@@ -106,6 +123,10 @@ class ModelCard:
     adaptive: bool = False
     created: str | None = None
     notes: str = ""
+    dataset_digest: str | None = None
+    dataset_origin: str | None = None
+    certified: dict[str, Any] | None = None
+    corruptions: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         check_threat_model(self.threat_model)
@@ -113,6 +134,10 @@ class ModelCard:
             v = getattr(self, key)
             if v is not None and not 0 <= float(v) <= 100:
                 raise ValueError(f"{key} is a percentage in [0, 100], got {v!r}")
+        _check_part("certified", self.certified, ("method", "accuracy"), ("accuracy",))
+        _check_part(
+            "corruptions", self.corruptions, ("suite", "mean_acc"), ("mean_acc", "clean_acc")
+        )
         if not float(self.eps) >= 0:
             raise ValueError(f"eps must be >= 0, got {self.eps!r}")
 
@@ -198,6 +223,25 @@ class ModelCard:
             return cls.from_json(p.read_text(encoding="utf-8"))
         except (ValueError, TypeError) as err:
             raise ValueError(f"{p} is not a valid model card: {err}") from err
+
+
+def _check_part(key: str, value: Any, required: tuple[str, ...], percents: tuple[str, ...]) -> None:
+    """Check an optional card part: a mapping with ``required`` keys and percentages in range.
+
+    Raises:
+        ValueError: Not a mapping, a missing key, or a percentage outside [0, 100].
+    """
+    if value is None:
+        return
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{key} must be a mapping or null, got {type(value).__name__}")
+    missing = [k for k in required if k not in value]
+    if missing:
+        raise ValueError(f"{key} lacks {missing} (it needs {list(required)})")
+    for k in percents:
+        v = value.get(k)
+        if v is not None and not 0 <= float(v) <= 100:
+            raise ValueError(f"{key}.{k} is a percentage in [0, 100], got {v!r}")
 
 
 __all__ = [

@@ -30,13 +30,12 @@ import torch
 from torch import Tensor
 
 from attacks.result import COST_KEYS
+from robustbench_local.certify.curve import CertifiedCurve
 from robustbench_local.health import ADAPTIVE_SUFFIX, Flag
 from robustbench_local.reference import ReferenceRecord
 
 if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn
     from matplotlib.figure import Figure
-
-    from robustbench_local.certify.curve import CertifiedCurve
 
 
 @dataclass
@@ -300,11 +299,7 @@ class Curve:
 
 def _certified_from(d: Mapping[str, Any] | None) -> CertifiedCurve | None:
     """The certified row of :meth:`Curve.to_dict` output (imported only when there is one)."""
-    if not d:
-        return None
-    from robustbench_local.certify.curve import CertifiedCurve
-
-    return CertifiedCurve.from_dict(d)
+    return CertifiedCurve.from_dict(d) if d else None
 
 
 def _no_nan(values: Tensor) -> list[float | None]:

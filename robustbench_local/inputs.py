@@ -144,18 +144,33 @@ def as_eval_data(data: Any) -> DataLike:
     return x, y
 
 
-def _checked_part(data: DataLike) -> tuple[Tensor, Tensor]:
-    """All of a tensor pair, or the first samples of another Dataset (labels not cast)."""
+def _checked_part(data: DataLike, limit: int | None = CHECKED_SAMPLES) -> tuple[Tensor, Tensor]:
+    """A tensor pair whole, or another Dataset's first ``limit`` samples (None: all), uncast."""
     if isinstance(data, tuple | list):
         return data[0], data[1]
     if isinstance(data, TensorDataset) and len(data.tensors) >= 2:
         return data.tensors[0], data.tensors[1]
-    n = min(len(data), CHECKED_SAMPLES)  # type: ignore[arg-type]
+    n = len(data) if limit is None else min(len(data), limit)  # type: ignore[arg-type]
     if n == 0:
         raise InputError("the dataset is empty")
     items = [data[i] for i in range(n)]
     x = torch.stack([to_tensor(it[0], "x") for it in items])
     return x, torch.stack([to_tensor(it[1], "y").reshape(()) for it in items])
+
+
+def eval_tensors(data: Any) -> tuple[Tensor, Tensor]:
+    """Every sample of ``data`` as ``(x, y)`` tensors, dtypes kept (labels never cast).
+
+    What an entry point that selects samples itself (the gates) or digests the data (the
+    benchmark's cards) reads: numpy arrays converted as :func:`as_eval_data` does, a Dataset
+    other than a TensorDataset read item by item, so that :func:`check_eval_inputs` still sees
+    uint8 images or float labels as they are.
+
+    Raises:
+        TypeError: Neither an ``(x, y)`` pair nor a Dataset.
+        InputError: Mismatched lengths, non-numeric arrays or an empty Dataset.
+    """
+    return _checked_part(as_eval_data(data), limit=None)
 
 
 def check_images(x: Tensor, model: nn.Module) -> None:
@@ -383,6 +398,7 @@ __all__ = [
     "check_eval_inputs",
     "check_images",
     "check_labels",
+    "eval_tensors",
     "probe_model",
     "resolve_device",
 ]

@@ -8,7 +8,8 @@ of scikit-learn's ``utils``.
 - :func:`samples_digest`: sha256 of a sample list with the data size and its first samples
   (identifies an evaluation's data selection in a resumable state);
 - :func:`sample_list_hash`: sha256 of a named split's sample list (the gates' baselines);
-- :func:`plain`: a value as plain JSON types, so configurations compare and round-trip.
+- :func:`plain`: a value as plain JSON types, so configurations compare and round-trip;
+- :func:`callable_module`: a module callable as the function of the same name.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Sequence
+import sys
+import types
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -73,4 +76,31 @@ def plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=_text, sort_keys=True))
 
 
-__all__ = ["plain", "sample_list_hash", "samples_digest", "tensor_bytes", "tensor_digest"]
+def callable_module(module_name: str, function: Callable[..., Any]) -> None:
+    """Make the module ``module_name`` callable as ``function``.
+
+    The package exports functions named like some of its modules (``rbl.benchmark`` in
+    ``robustbench_local/benchmark.py``, ``rbl.certify`` in ``robustbench_local/certify/``).
+    Once such a module is imported, Python binds the package attribute to the module, so
+    ``rbl.benchmark`` is the module; a callable module keeps ``rbl.benchmark(model, ...)``
+    working whichever of the two the attribute holds, and ``from ... import`` of the module's
+    other names keeps working too.
+    """
+    module = sys.modules[module_name]
+
+    def call(_module: types.ModuleType, *args: Any, **kwargs: Any) -> Any:
+        return function(*args, **kwargs)
+
+    module.__class__ = type(
+        "CallableModule", (types.ModuleType,), {"__call__": call, "__doc__": module.__doc__}
+    )
+
+
+__all__ = [
+    "callable_module",
+    "plain",
+    "sample_list_hash",
+    "samples_digest",
+    "tensor_bytes",
+    "tensor_digest",
+]

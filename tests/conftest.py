@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import signal
 import socket
@@ -10,12 +11,12 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
-from sklearn.datasets import load_digits
 from torch import nn
 
 torch.set_num_threads(1)
@@ -57,33 +58,41 @@ def mnist_dir() -> Path:
     return d
 
 
+def _load_trained() -> ModuleType:
+    """``tests/trained.py`` (the cached training helper) as module ``tests_trained``.
+
+    Loaded by path, as the test folders are no packages; other conftests reach it through the
+    ``trained`` fixture or ``sys.modules["tests_trained"]``.
+    """
+    spec = importlib.util.spec_from_file_location("tests_trained", REPO / "tests" / "trained.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+TRAINED = _load_trained()
+
+
+@pytest.fixture(scope="session")
+def trained(pytestconfig) -> Callable[[str], nn.Module]:
+    """``trained(recipe_name)``: a model of ``tests/trained.py``'s RECIPES, trained once and
+    cached on disk (pytest's cache folder) by recipe and code version. Each call gives a new
+    instance."""
+    cache_dir = TRAINED.pytest_cache_dir(pytestconfig)
+    return lambda name: TRAINED.trained_model(name, cache_dir)
+
+
 @pytest.fixture(scope="session")
 def digits() -> tuple[torch.Tensor, torch.Tensor]:
     """scikit-learn's 8x8 digits as ``x [1797, 1, 8, 8]`` in [0, 1] and ``y [1797]``."""
-    d = load_digits()
-    x = torch.tensor(d.data / 16.0, dtype=torch.float32).view(-1, 1, 8, 8)
-    return x, torch.tensor(d.target, dtype=torch.long)
-
-
-def train_digits_mlp(
-    x: torch.Tensor, y: torch.Tensor, epochs: int = 150, seed: int = 0
-) -> nn.Module:
-    """A small MLP trained full-batch on digits (about a second on one core)."""
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(epochs):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    return model.eval()
+    return TRAINED.digits_tensors()
 
 
 @pytest.fixture(scope="session")
-def digits_model(digits) -> nn.Module:
-    """An undefended MLP with ~100% train accuracy on digits (do not modify it in tests)."""
-    x, y = digits
-    return train_digits_mlp(x[:1200], y[:1200])
+def digits_model(trained) -> nn.Module:
+    """An undefended MLP with ~100% train accuracy on digits[:1200] (do not modify it in tests)."""
+    return trained("digits_mlp")
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from mlflow import MlflowClient
 
 
 @pytest.mark.slow
+@pytest.mark.distributed
 def test_mlflow_server_fixture_serves_the_rest_api(mlflow_server):
     client = MlflowClient(mlflow_server)
     exp = client.create_experiment("fixture-check")

@@ -14,6 +14,7 @@ or rank.
 
 from __future__ import annotations
 
+import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from torch import Tensor, nn
 from attacks.registry import Registry
 from attacks.result import Cost
 from attacks.validation import parse_eps
+from robustbench_local.health import Flag
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,10 @@ class Certifier(ABC):
             **self.settings(),
         }
 
+    def health(self, extra: Mapping[str, Tensor], certified: Tensor) -> list[Flag]:
+        """Flags about the whole run from the gathered per-sample ``extra`` (default none)."""
+        return []
+
     @abstractmethod
     def certify_batch(
         self, model: nn.Module, x: Tensor, y: Tensor, ids: Tensor, eps: Sequence[float], seed: int
@@ -98,7 +104,7 @@ def check_eps_grid(eps: Any) -> list[float]:
         ValueError: Negative, NaN or infinite values, an empty grid, or one not increasing.
     """
     grid = list(parse_eps(eps) or [])
-    if any(b <= a for a, b in zip(grid, grid[1:], strict=False)):
+    if any(b <= a for a, b in itertools.pairwise(grid)):
         raise ValueError(f"the eps grid must be strictly increasing, got {grid}; sort it")
     return grid
 

@@ -18,7 +18,11 @@ The package is laid out like pytest-benchmark:
 * :mod:`~robustbench_local.gates.stats`: Wilson, Clopper-Pearson, exact McNemar, Holm;
 * :mod:`~robustbench_local.gates.spec`: :class:`GateSpec` and its validation;
 * :mod:`~robustbench_local.gates.results`: :class:`GateRow`, :class:`GateResult`, verdicts;
-* :mod:`~robustbench_local.gates.runner`: :func:`run_gate` and its health policy;
+* :mod:`~robustbench_local.gates.runner`: :func:`gate_data` (any data spec, or data in
+  memory), :func:`run_gate` and its health policy;
+* :mod:`~robustbench_local.gates.axis_spec` and :mod:`~robustbench_local.gates.axes`: the
+  certified rows (``certify``, ``min_certified_accuracy``) and corruption rows
+  (``corruptions``, ``severities``, ``min_corruption_accuracy``) beside the attack's;
 * :mod:`~robustbench_local.gates.baseline`: baseline files, McNemar comparisons, Holm;
 * :mod:`~robustbench_local.gates.report`: the table, the JSON report, MLflow;
 * :mod:`~robustbench_local.gates.plugin`: the pytest11 plugin (options, hooks, marker, fixture),
@@ -59,6 +63,7 @@ _EXPORTS = {
     "clopper_pearson_bounds": "stats",
     "holm_adjust": "stats",
     "mcnemar_drop_pvalue": "stats",
+    "mean_bounds": "stats",
     "wilson_bounds": "stats",
     "wilson_interval": "stats",
     "NORMS": "spec",
@@ -72,10 +77,13 @@ _EXPORTS = {
     "NO_THRESHOLD": "results",
     "PASS": "results",
     "REFUSED": "results",
+    "AxisRow": "results",
     "GateResult": "results",
     "GateRow": "results",
     "make_rows": "results",
     "threshold_verdict": "results",
+    "GateData": "runner",
+    "gate_data": "runner",
     "apply_health": "runner",
     "attack_config": "runner",
     "build_attack": "runner",
@@ -130,16 +138,19 @@ if TYPE_CHECKING:
         NO_THRESHOLD,
         PASS,
         REFUSED,
+        AxisRow,
         GateResult,
         GateRow,
         make_rows,
         threshold_verdict,
     )
     from robustbench_local.gates.runner import (
+        GateData,
         apply_health,
         attack_config,
         build_attack,
         deterministic,
+        gate_data,
         gate_model,
         load_split,
         run_gate,
@@ -159,6 +170,7 @@ if TYPE_CHECKING:
         clopper_pearson_bounds,
         holm_adjust,
         mcnemar_drop_pvalue,
+        mean_bounds,
         wilson_bounds,
         wilson_interval,
     )
@@ -190,8 +202,10 @@ __all__ = [
     "REPORT_FORMAT",
     "RESERVED_ATTACK_KWARGS",
     "SPLITS",
+    "AxisRow",
     "BaselineError",
     "GateConfigError",
+    "GateData",
     "GateResult",
     "GateRow",
     "GateSpec",
@@ -207,6 +221,7 @@ __all__ = [
     "compare_to_baseline",
     "deterministic",
     "failure_message",
+    "gate_data",
     "gate_model",
     "holm_adjust",
     "load_baseline",
@@ -214,6 +229,7 @@ __all__ = [
     "log_to_mlflow",
     "make_rows",
     "mcnemar_drop_pvalue",
+    "mean_bounds",
     "render_table",
     "report_dict",
     "run_gate",

@@ -7,12 +7,34 @@ In a test, a marker describes the gate and the ``robustness_gate`` fixture check
     def test_model_is_robust(robustness_gate, my_model):
         robustness_gate.check(my_model)  # pass, or fail with the table (no traceback)
 
+    @pytest.mark.robustness(eps=[2 / 255, 8 / 255], min_accuracy=[0.8, 0.5], n_examples=40)
+    def test_on_my_data(robustness_gate, my_model):
+        robustness_gate.check(my_model, data="data/test_pngs")  # or (x, y) arrays, a Dataset
+
+A test with the marker that never calls ``robustness_gate.check(...)`` fails: a gate that
+checks nothing must not pass.
+
 Marker arguments (all keyword): ``attack``, ``eps`` (float or list), ``min_accuracy`` (one
-threshold or one per eps, in [0, 1]; None = compare only), ``n_examples``, ``dataset``,
+threshold for every eps or one per eps, in [0, 1]; None = compare only), ``n_examples``,
+``dataset`` (any data spec: a registered name, an image folder, an ``.npz``/``.pt`` file,
+``module:function``; relative paths are relative to the test file),
 ``split``, ``norm``, ``attack_kwargs``, ``confidence``, ``method`` (wilson|clopper-pearson),
 ``margin``, ``inconclusive`` (fail|warn|pass), ``allow_masking``, ``allow_nondeterminism``,
 ``seed``, ``reference`` (auto|all|false, or reduced settings such as
-``{"n_target_classes": 3, "square_queries": 500}``). Unknown arguments are an error at setup.
+``{"n_target_classes": 3, "square_queries": 500}``), ``certify`` (a method: ibp, crown, milp,
+or a mapping such as ``{"method": "smoothing", "sigma": 0.25}``) with
+``min_certified_accuracy`` (one threshold or one per eps), ``corruptions`` (auto or names),
+``severities`` (1-5 and "bench") and ``min_corruption_accuracy`` (a number for the mean, or
+``{"mean": 0.8, "fog": 0.6}``). Unknown arguments are an error at setup.
+
+Certified and corruption rows are judged with the same one-sided bounds as the attack's rows;
+the corruption bounds use the sample count, since the corrupted images of one sample are not
+independent. A sample certified at eps and broken by the attack (``certificate_violated``)
+fails the gate whatever its thresholds::
+
+    @pytest.mark.robustness(eps=[0.05, 0.1], min_accuracy=0.8, certify="crown",
+                            min_certified_accuracy=[0.7, 0.4], dataset="mnist",
+                            min_corruption_accuracy={"mean": 0.85, "fog": 0.6})
 
 A gate's verdict is the worst case of its attack and the reference suite (APGD-CE, APGD-T,
 FAB-T, Square on the attack's survivors; by default at the gate's largest eps); the table shows
@@ -39,6 +61,15 @@ Without Python, a YAML file whose name matches ``*robustness_gates*.yaml`` (ini 
           checkpoint: ${MY_CKPT}                             # optional weights; $VARS expand
         eps: 0.1
         min_accuracy: 0.5
+      - name: my_cnn_on_my_pngs
+        model:
+          checkpoint: weights/net_state.pt    # a plain state dict or a save_checkpoint file
+          arch: mypkg.nets:Net                # a registered name or an import path
+          arch_kwargs: {width: 64}
+          wrap: {logits: logits, mean: [0.5], std: [0.25]}   # rbl.wrap_model settings
+        dataset: data/test_pngs               # any data spec, relative to this file
+        eps: [0.0078, 0.0314]
+        min_accuracy: [0.8, 0.5]
 
 Options (group "robustness"): ``--robustness-n-examples``, ``--robustness-device``,
 ``--robustness-data-dir``, ``--robustness-save-baseline[=PATH]``, ``--robustness-compare[=PATH]``,
@@ -240,6 +271,29 @@ def pytest_terminal_summary(
         terminalreporter.line(message, red=message.startswith("FAILED"))
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Any:
+    """Fail a test with the ``robustness`` marker that ran without checking a model."""
+    result = yield  # a test that raised (failed, skipped) keeps its own outcome
+    require_check(item)
+    return result
+
+
+def require_check(item: pytest.Item) -> None:
+    """Fail ``item`` if it has the robustness marker but never called the gate's ``check``."""
+    state = item.config.stash.get(SESSION_KEY, None)
+    if state is None or isinstance(item, GateItem) or item.get_closest_marker(MARKER) is None:
+        return
+    if item.nodeid not in state.checked:
+        pytest.fail(
+            f"{item.nodeid} has the @pytest.mark.robustness marker but never called "
+            "robustness_gate.check(model): the gate checked nothing. Request the "
+            "robustness_gate fixture and call robustness_gate.check(model) in the test, or "
+            "remove the marker.",
+            pytrace=False,
+        )
+
+
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
     """Collect YAML gate files (names matching the ``robustness_gate_files`` patterns)."""
     if file_path.suffix not in (".yaml", ".yml"):
@@ -294,4 +348,5 @@ __all__ = [
     "GateSession",
     "RobustnessGate",
     "register_once",
+    "require_check",
 ]

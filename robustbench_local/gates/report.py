@@ -2,8 +2,10 @@
 
 The table lists gate, attack, eps, n, the attack's own accuracy, the verdict's accuracy (the
 worst case of the attack and the reference suite), interval, threshold and verdict (plus the
-baseline accuracy, the change and the p-value of the drop when compared); the JSON report holds
-every result with its per-sample outcomes; :func:`log_to_mlflow` puts both in one MLflow run.
+baseline accuracy, the change and the p-value of the drop when compared), then the gate's
+certified rows (``certified (<method>)`` per eps) and corruption rows (the mean, and each
+thresholded corruption) in the attack column; the JSON report holds every result with its
+per-sample outcomes; :func:`log_to_mlflow` puts both in one MLflow run.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ from typing import Any
 
 from defenses.storage import atomic_write_json
 from robustbench_local.gates.results import (
+    CERTIFIED,
     FAIL,
     FORMAT_VERSION,
     INCONCLUSIVE,
     NO_THRESHOLD,
     PASS,
     REFUSED,
+    AxisRow,
     GateResult,
     GateRow,
     utc_now,
@@ -71,6 +75,25 @@ def _table_cells(result: GateResult, row: GateRow, compare: bool) -> list[str]:
     return cells
 
 
+def _axis_cells(result: GateResult, row: AxisRow, compare: bool) -> list[str]:
+    """A certified or corruption row: its label in the attack column, no attack-only number."""
+    verdict = _VERDICT_TEXT[row.verdict]
+    if result.refusals and row.verdict in (PASS, INCONCLUSIVE, NO_THRESHOLD):
+        verdict = "REFUSED"
+    cells = [
+        result.spec.name,
+        row.label,
+        "-" if row.eps is None else f"{row.eps:g}",
+        str(row.n),
+        "-",
+        _fmt(row.accuracy),
+        f"[{row.lower:.3f}, {row.upper:.3f}]",
+        "-" if row.threshold is None else f">= {row.threshold:g}",
+        verdict,
+    ]
+    return cells + (["-", "-", "-"] if compare else [])
+
+
 def render_table(results: Sequence[GateResult]) -> str:
     """A plain-text table: gate, attack, eps, n, accuracy, interval, threshold, verdict.
 
@@ -81,7 +104,10 @@ def render_table(results: Sequence[GateResult]) -> str:
         return "no robustness gates ran"
     compare = any(row.p_value is not None for r in results for row in r.rows)
     headers = _HEADERS + (_BASELINE_HEADERS if compare else [])
-    body = [_table_cells(r, row, compare) for r in results for row in r.rows]
+    body = []
+    for r in results:
+        body += [_table_cells(r, row, compare) for row in r.rows]
+        body += [_axis_cells(r, row, compare) for row in r.axis_rows]
     widths = [max(len(c) for c in col) for col in zip(headers, *body, strict=True)]
 
     def line(cells: list[str]) -> str:
@@ -109,13 +135,67 @@ def _table_footer(results: Sequence[GateResult], compare: bool) -> list[str]:
             "p(drop): exact McNemar test of a drop larger than the margin, Holm-adjusted across "
             "gates; 'drop?' = decided at the end of the session."
         )
+    out += _axis_legend(results)
     for r in results:
+        one = _one_threshold(r)
+        if one:
+            out.append(f"{r.spec.name}: {one}")
+        out += [f"{r.spec.name}: FAILED: {text}" for text in r.errors]
+        out += _axis_notes(r)
         out += [f"{r.spec.name}: REFUSED: {text}" for text in r.refusals]
         out += [f"{r.spec.name}: note: {text}" for text in r.notes]
         ref = _reference_note(r)
         if ref:
             out.append(f"{r.spec.name}: reference: {ref}")
     return out
+
+
+def _axis_legend(results: Sequence[GateResult]) -> list[str]:
+    """What the certified and corruption rows mean (only when some gate has them)."""
+    kinds = {row.kind for r in results for row in r.axis_rows}
+    out = []
+    if CERTIFIED in kinds:
+        out.append(
+            "certified (<method>): samples certified at eps (a lower bound on the robust "
+            "accuracy), with the same one-sided bounds."
+        )
+    if kinds - {CERTIFIED}:
+        out.append(
+            "corruptions: accuracy averaged over every corruption and severity (corruption: "
+            "<name>: over its severities); bounds with n = the samples, since the corrupted "
+            "images of one sample are not independent."
+        )
+    return out
+
+
+def _axis_notes(result: GateResult) -> list[str]:
+    """What the gate's certification and corruptions were (method and settings, suite)."""
+    out = []
+    cert, corr = result.certified, result.corruptions
+    if cert:
+        own = {k: v for k, v in cert.get("settings", {}).items() if k not in ("method", "norm")}
+        text = ", ".join(f"{k}={v}" for k, v in own.items())
+        out.append(
+            f"{result.spec.name}: certified by {cert['method']}"
+            + (f" ({text})" if text else "")
+            + f": certifies {cert.get('certifies', 'the model')}"
+        )
+    if corr:
+        levels = ",".join(str(s) for s in corr["severities"])
+        out.append(
+            f"{result.spec.name}: corruptions {corr['suite']}: {len(corr['corruptions'])} "
+            f"corruption(s) x severities {levels}; clean accuracy {corr['clean_accuracy']:.3f}"
+        )
+    return out
+
+
+def _one_threshold(result: GateResult) -> str:
+    """``min_accuracy 0.6 applies to every eps (0.1, 0.2)`` for one threshold over several eps."""
+    thresholds = set(result.spec.min_accuracy)
+    if len(result.spec.eps) < 2 or len(thresholds) != 1 or None in thresholds:
+        return ""
+    eps = ", ".join(f"{e:g}" for e in result.spec.eps)
+    return f"min_accuracy {thresholds.pop():g} applies to every eps ({eps})"
 
 
 def _reference_note(result: GateResult) -> str:
@@ -133,7 +213,11 @@ def failure_message(result: GateResult, policy: str | None = None) -> str:
     verdict = result.verdict
     head = f"robustness gate {result.spec.name!r}: {verdict.upper()}"
     hints = {
-        FAIL: "robust accuracy is below the threshold or dropped significantly from the baseline.",
+        FAIL: (
+            "robust, certified or corruption accuracy is below its threshold, robust accuracy "
+            "dropped significantly from the baseline, or a certificate was contradicted by an "
+            "attack (see the FAILED lines)."
+        ),
         REFUSED: "health checks flagged the evaluation; see the REFUSED lines.",
         INCONCLUSIVE: (
             "the confidence interval contains the threshold: raise n_examples to decide, or run "
@@ -179,6 +263,27 @@ def _row_metrics(key: str, row: GateRow) -> dict[str, float]:
     return metrics
 
 
+def _axis_metrics(key: str, rows: Sequence[AxisRow]) -> list[tuple[dict[str, float], int]]:
+    """``(metrics, step)`` of the axis rows.
+
+    ``<gate>/certified/{accuracy,lower,upper}`` with step = eps index, and
+    ``<gate>/corruption/<mean|name>/{accuracy,lower,upper}`` at step 0.
+    """
+    out = []
+    certified = [row for row in rows if row.kind == CERTIFIED]
+    for step, row in enumerate(certified):
+        out.append((_bounds(f"{key}/certified", row), step))
+    for row in rows:
+        if row.kind != CERTIFIED:
+            name = row.label.split(": ", 1)[-1]
+            out.append((_bounds(f"{key}/corruption/{metric_key(name)}", row), 0))
+    return out
+
+
+def _bounds(key: str, row: AxisRow) -> dict[str, float]:
+    return {f"{key}/accuracy": row.accuracy, f"{key}/lower": row.lower, f"{key}/upper": row.upper}
+
+
 def _reference_tag(result: GateResult) -> str:
     ref = result.reference or {}
     return "reduced" if ref.get("reduced") else str(ref.get("mode", "off"))
@@ -196,7 +301,9 @@ def log_to_mlflow(
     Per gate, metrics ``<gate>/accuracy`` (with the reference), ``/attack_accuracy`` (the
     attack alone), ``/lower``, ``/upper`` (and ``/p_drop`` when compared) with ``step`` = eps
     index, ``<gate>/verdict`` and ``<gate>/reference`` tags (``auto``, ``all``, ``off`` or
-    ``reduced``); the table and the JSON report are artifacts.
+    ``reduced``); certified rows as ``<gate>/certified/{accuracy,lower,upper}`` (step = eps
+    index) and corruption rows as ``<gate>/corruption/<mean|name>/{accuracy,lower,upper}``;
+    the table and the JSON report are artifacts.
     """
     import mlflow
 
@@ -208,6 +315,8 @@ def log_to_mlflow(
             key = metric_key(r.spec.name)
             for step, row in enumerate(r.rows):
                 mlflow.log_metrics(_row_metrics(key, row), step=step)
+            for metrics, step in _axis_metrics(key, r.axis_rows):
+                mlflow.log_metrics(metrics, step=step)
             mlflow.set_tag(f"{key}/verdict", r.verdict)
             mlflow.set_tag(f"{key}/reference", _reference_tag(r))
         counts = report_dict(results)["summary"]

@@ -1,8 +1,9 @@
 """What a gate produced: one :class:`GateRow` per eps and the :class:`GateResult` around them.
 
 A row's verdict compares its one-sided confidence bounds with the threshold; a result's verdict
-combines its rows, its baseline comparisons and its health refusals. Per-sample outcomes are
-stored as ``"0101..."`` strings in baselines and reports.
+combines its rows, its certified and corruption rows (:class:`AxisRow`), its baseline
+comparisons, its health refusals and its errors (a certificate contradicted by an attack).
+Per-sample outcomes are stored as ``"0101..."`` strings in baselines and reports.
 """
 
 from __future__ import annotations
@@ -98,6 +99,14 @@ class GateResult:
         refusals: Why the gate refuses to pass (gradient masking, non-determinism).
         notes: Further remarks (other health warnings, baseline notes).
         wall_time: Seconds spent evaluating.
+        axis_rows: The certified rows (one per eps) and corruption rows (the mean, then one
+            per corruption with a threshold), judged like the rows.
+        certified: What the certification did: method, settings, certifies, eps, accuracy,
+            per-sample certificates (``"0101..."`` per eps); empty without ``certify``.
+        corruptions: What the corruption evaluation did: suite, corruptions, severities,
+            accuracy per corruption and severity, mean, clean; empty without corruptions.
+        errors: Contradictions that fail the gate whatever its thresholds and options (a
+            sample certified and broken by an attack in the same ball).
     """
 
     gate_id: str
@@ -115,12 +124,17 @@ class GateResult:
     refusals: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     wall_time: float = 0.0
+    axis_rows: list[AxisRow] = field(default_factory=list)
+    certified: dict[str, Any] = field(default_factory=dict)
+    corruptions: dict[str, Any] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
 
     @property
     def verdict(self) -> str:
         """``fail`` > ``refused`` > ``inconclusive`` > ``pass`` over the rows and checks."""
-        verdicts = {r.verdict for r in self.rows}
-        if FAIL in verdicts or any(r.regression == "regressed" for r in self.rows):
+        verdicts = {r.verdict for r in self.rows} | {r.verdict for r in self.axis_rows}
+        regressed = any(r.regression == "regressed" for r in self.rows)
+        if FAIL in verdicts or regressed or self.errors:
             return FAIL
         if self.refusals:
             return REFUSED
@@ -151,6 +165,10 @@ class GateResult:
             "refusals": self.refusals,
             "notes": self.notes,
             "wall_time": self.wall_time,
+            "axis_rows": [r.to_dict() for r in self.axis_rows],
+            "certified": self.certified,
+            "corruptions": self.corruptions,
+            "errors": self.errors,
         }
         if outcomes:
             d["indices"] = self.indices
@@ -158,6 +176,43 @@ class GateResult:
             d["attack_robust"] = [bits(o) for o in self.attack_outcomes]
             d["clean_correct"] = bits(self.clean_correct)
         return d
+
+
+CERTIFIED, CORRUPTION = "certified", "corruption"
+"""The kinds of :class:`AxisRow`."""
+
+
+@dataclass
+class AxisRow:
+    """A certified or corruption row of a gate: an accuracy, its bounds and the verdict.
+
+    Attributes:
+        kind: ``"certified"`` (per eps) or ``"corruption"`` (the mean, or one corruption).
+        label: ``"certified (crown)"``, ``"corruptions: mean"``, ``"corruption: fog"``.
+        eps: The eps of a certified row (None for corruption rows).
+        n: The number of samples (the sample size of the bounds).
+        accuracy: Certified accuracy, or the corruption accuracy averaged over its cells.
+        lower: One-sided lower bound (the gate's confidence and method).
+        upper: One-sided upper bound.
+        threshold: The threshold, or None (report only).
+        verdict: ``pass``, ``fail``, ``inconclusive`` or ``n/a``.
+        count: Certified samples (certified rows); None for averages.
+    """
+
+    kind: str
+    label: str
+    eps: float | None
+    n: int
+    accuracy: float
+    lower: float
+    upper: float
+    threshold: float | None
+    verdict: str
+    count: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able fields."""
+        return dataclasses.asdict(self)
 
 
 def make_rows(
@@ -211,12 +266,15 @@ def utc_now() -> str:
 
 
 __all__ = [
+    "CERTIFIED",
+    "CORRUPTION",
     "FAIL",
     "FORMAT_VERSION",
     "INCONCLUSIVE",
     "NO_THRESHOLD",
     "PASS",
     "REFUSED",
+    "AxisRow",
     "GateResult",
     "GateRow",
     "bits",

@@ -1,5 +1,6 @@
 """The deterministic gate runner and its health policy.
 
+:func:`gate_data` resolves the gate's data (any data spec, or data given in memory) and
 :func:`run_gate` draws the spec's fixed, hashed sample list, evaluates the model in fp32 eval
 mode under fixed seeds with the robustness curve (the reference suite and the health checks
 included), and turns the per-sample worst case of the attack *and the reference* into a
@@ -11,14 +12,16 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 import os
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from defenses.data import tensors_of
 from robustbench_local.checks import GRADIENT_MASKING_FLAGS, NONDETERMINISM_FLAGS
+from robustbench_local.gates import axes
 from robustbench_local.gates.errors import GateConfigError
 from robustbench_local.gates.results import GateResult, make_rows
 from robustbench_local.gates.spec import GateSpec
@@ -34,33 +37,129 @@ if TYPE_CHECKING:
     from robustbench_local.evaluate import Curve
 
 
+IN_MEMORY = "data passed to check()"
+"""How reports name data given to ``check(model, data=...)`` as arrays or a Dataset."""
+
+
+@dataclass(frozen=True)
+class GateData:
+    """The split a gate samples from, and how baselines and reports name it.
+
+    Attributes:
+        data: The split's ``(x, y)`` tensors, dtypes as they came (the curve's input checks
+            judge them: uint8 or float64 images and float labels get their own messages).
+        key: What the sample-list hash names: a registered dataset's name, or
+            ``sha256:<digest>`` of the user's data (so a baseline follows the data, not its path).
+        label: How messages and reports call the data (the spec as written, or
+            ``data passed to check()``).
+    """
+
+    data: tuple[Tensor, Tensor]
+    key: str
+    label: str
+
+    @property
+    def size(self) -> int:
+        """The number of samples in the split."""
+        return int(self.data[0].shape[0])
+
+
+def gate_data(
+    spec: GateSpec,
+    data: Any = None,
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    root: str | os.PathLike[str] | None = None,
+) -> GateData:
+    """The gate's split: ``data`` when given, else the spec's ``dataset`` and ``split``.
+
+    Args:
+        spec: The gate (its ``dataset`` is any data spec of
+            :func:`robustbench_local.load_dataset`: a registered name, an image folder, an
+            ``.npz``/``.pt`` file or ``module:function``).
+        data: Data given to ``check(model, data=...)``: a data spec (its ``spec.split`` is
+            used), or ``(x, y)`` tensors or numpy arrays, or a Dataset (the split itself).
+        data_dir: Mirror of the registered datasets.
+        root: Folder that relative paths are relative to (the gate file's or test file's).
+
+    Raises:
+        GateConfigError: ``split: train`` of data without a training split.
+        ValueError, FileNotFoundError: A spec that does not resolve, or unreadable data.
+        TypeError: ``data`` is neither a spec nor data.
+    """
+    from robustbench_local.inputs import eval_tensors
+    from robustbench_local.utils import tensor_digest
+
+    source = spec.dataset if data is None else data
+    if isinstance(source, str | os.PathLike):
+        return _spec_split(source, spec.split, data_dir, root)
+    x, y = eval_tensors(source)
+    return GateData((x, y), f"sha256:{tensor_digest(x, y)}", IN_MEMORY)
+
+
+def _spec_split(
+    source: str | os.PathLike[str],
+    split: str,
+    data_dir: str | os.PathLike[str] | None,
+    root: str | os.PathLike[str] | None,
+) -> GateData:
+    """One split of a data spec, keyed by name (registered) or by the data's digest.
+
+    Raises:
+        GateConfigError: ``split="train"`` of data without a training split.
+    """
+    from robustbench_local.data import resolve_dataset
+    from robustbench_local.utils import tensor_digest
+
+    resolved = resolve_dataset(source, data_dir, root=root)
+    part = resolved.test
+    if split == "train":
+        try:
+            part = resolved.require_train(f"a gate on split: train of {os.fspath(source)!r}")
+        except ValueError as err:
+            raise GateConfigError(str(err)) from None
+    x, y = part.tensors[:2]
+    key = str(source) if resolved.kind == "registered" else f"sha256:{tensor_digest(x, y)}"
+    return GateData((x, y), key, os.fspath(source))
+
+
 def load_split(
     dataset: str, split: str = "test", data_dir: str | os.PathLike[str] | None = None
 ) -> DataLike:
-    """The ``split`` of a ``robustbench_local`` dataset (``data_dir`` or its env variable)."""
-    from robustbench_local.data import load_dataset
-
-    train, test = load_dataset(dataset, data_dir=data_dir)
-    return test if split == "test" else train
+    """The ``split`` of a data spec (a registered name, a folder, a file, ``module:function``)."""
+    return _spec_split(dataset, split, data_dir, None).data
 
 
-def select_samples(spec: GateSpec, data: DataLike) -> tuple[Tensor, Tensor, list[int]]:
+def select_samples(spec: GateSpec, data: GateData | DataLike) -> tuple[Tensor, Tensor, list[int]]:
     """The spec's fixed sample list: ``(x, y, indices)`` with ``sample_indices(N, n, seed)``.
+
+    The samples keep their dtypes: the robustness curve's input checks explain uint8 images,
+    float64 inputs or float labels, where a cast here would hide them.
 
     Raises:
         GateConfigError: ``n_examples`` is larger than the split.
     """
     from robustbench_local.data import sample_indices
+    from robustbench_local.inputs import eval_tensors
 
-    x, y = tensors_of(data)
+    gd = data if isinstance(data, GateData) else None
+    x, y = gd.data if gd is not None else eval_tensors(data)
     total = int(x.shape[0])
     if spec.n_examples > total:
+        what = f"the {spec.dataset} {spec.split} split" if gd is None else _split_name(spec, gd)
         raise GateConfigError(
-            f"n_examples={spec.n_examples} is larger than the {spec.dataset} {spec.split} split "
-            f"({total} samples): lower n_examples (or --robustness-n-examples) to at most {total}"
+            f"n_examples={spec.n_examples} is larger than {what} ({total} samples): lower "
+            f"n_examples (or --robustness-n-examples) to at most {total}"
         )
     idx = sample_indices(total, spec.n_examples, spec.seed)
-    return x[idx].float(), y[idx].long(), [int(i) for i in idx.tolist()]
+    return x[idx], y[idx], [int(i) for i in idx.tolist()]
+
+
+def _split_name(spec: GateSpec, data: GateData) -> str:
+    """``the mnist test split``, or ``the data passed to check()``."""
+    if data.key.startswith("sha256:") and data.label == IN_MEMORY:
+        return f"the {IN_MEMORY}"
+    return f"the {data.label} {spec.split} split"
 
 
 def build_attack(spec: GateSpec) -> Attack:
@@ -108,15 +207,18 @@ def gate_model(
 
     Raises:
         TypeError: ``model`` is not a ``torch.nn.Module``.
+        ValueError: A device that is not here (e.g. ``cuda`` without CUDA).
     """
     import torch
     from torch import nn
+
+    from robustbench_local.inputs import resolve_device
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"a robustness gate checks a torch.nn.Module, got {type(model).__name__}")
     tensors = [*model.parameters(), *model.buffers()]
     home = tensors[0].device if tensors else torch.device("cpu")
-    target = torch.device(device) if device else home
+    target = resolve_device(device, model)
     net = model
     if any(t.is_floating_point() and t.dtype != torch.float32 for t in tensors):
         net = copy.deepcopy(model).float()
@@ -149,39 +251,52 @@ def run_gate(
     spec: GateSpec,
     model: nn.Module,
     *,
-    data: DataLike | None = None,
+    data: GateData | Any = None,
     data_dir: str | os.PathLike[str] | None = None,
     device: str | None = None,
     gate_id: str | None = None,
+    root: str | os.PathLike[str] | None = None,
 ) -> GateResult:
     """Evaluate ``model`` under ``spec`` deterministically and compute its verdict.
 
     Args:
         spec: The gate.
         model: A classifier taking inputs in [0, 1] and returning logits.
-        data: The split to sample from (TensorDataset or ``(x, y)``); default: load
-            ``spec.dataset`` / ``spec.split`` from ``data_dir``.
+        data: The split to sample from: a :class:`GateData`, a data spec, ``(x, y)`` tensors
+            or numpy arrays, or a Dataset; default: ``spec.dataset`` / ``spec.split``.
         data_dir: Dataset mirror folder (default: ``ROBUSTBENCH_LOCAL_DATA_DIR``).
         device: Where to evaluate (default: the model's device).
         gate_id: Key for baselines and reports (default: ``spec.name``).
+        root: Folder that relative data paths are relative to (default: the working directory).
 
     Returns:
         A :class:`GateResult` (no baseline comparison yet; see
-        :func:`~robustbench_local.gates.baseline.compare_to_baseline`).
+        :func:`~robustbench_local.gates.baseline.compare_to_baseline`). Its spec names the data
+        the gate ran on (``data passed to check()`` for data given in memory).
+
+    Raises:
+        GateConfigError: An attack or reference that cannot be built, or too few samples.
+        ValueError: Data or a device the evaluation cannot use (the input checks of
+            :func:`robustbench_local.inputs.check_eval_inputs`: the message says what to do).
     """
     from robustbench_local.evaluate import robustness_curve
     from robustbench_local.models import weights_digest
 
     start = time.perf_counter()
-    split = data if data is not None else load_split(spec.dataset, spec.split, data_dir)
-    x, y, indices = select_samples(spec, split)
     attack = build_attack(spec)
+    split = data if isinstance(data, GateData) else gate_data(spec, data, data_dir=data_dir,
+                                                                root=root)  # fmt: skip
+    if split.label != spec.dataset:
+        spec = dataclasses.replace(spec, dataset=split.label)
+    x, y, indices = select_samples(spec, split)
     reference = build_reference(spec, attack)
     with gate_model(model, device) as (net, dev), deterministic(spec.seed):
         curve = robustness_curve(
             net, (x.to(dev), y.to(dev)), [attack], list(spec.eps),
             seed=spec.seed, device=dev, checks=True, progress=False, reference=reference,
+            certify=axes.certify_argument(spec),
         )  # fmt: skip
+        corruptions = axes.corruption_curve(spec, net, x.to(dev), y.to(dev), dev)
         digest = weights_digest(net)
     rows_at = _eps_rows(curve, spec)
     outcomes = _outcomes(curve.worst_case_robust(), rows_at)
@@ -200,13 +315,14 @@ def run_gate(
         attack_outcomes=attack_outcomes,
         clean_correct=[bool(v) for v in curve.clean_correct.tolist()],
         indices=indices,
-        sample_hash=sample_list_hash(spec.dataset, spec.split, indices),
+        sample_hash=sample_list_hash(split.key, spec.split, indices),
         model_digest=digest,
         attack_config=attack_config(attack, spec, curve),
         reference=_reference_summary(curve),
         wall_time=time.perf_counter() - start,
     )
-    apply_health(result, curve.health)
+    axes.add_axes(result, curve, corruptions)
+    apply_health(result, [*curve.health, *axes.axis_flags(curve, corruptions)])
     return result
 
 
@@ -272,7 +388,11 @@ def _outcomes(robust: Tensor, rows: Sequence[int]) -> list[list[bool]]:
 
 
 def apply_health(result: GateResult, flags: Sequence[Flag]) -> None:
-    """Record health flags; masking or non-determinism flags become refusals unless allowed."""
+    """Record health flags; masking or non-determinism flags become refusals unless allowed.
+
+    A failed ``certificate_violated`` flag (a certified sample broken by an attack) is an
+    error: the gate fails, with no option to accept it.
+    """
     result.health = [plain(f.to_dict()) for f in flags]
     for f in result.health:
         if f["ok"] or f.get("severity") == "info":
@@ -287,6 +407,8 @@ def apply_health(result: GateResult, flags: Sequence[Flag]) -> None:
         elif f["name"] in NONDETERMINISM_FLAGS:
             allowed = result.spec.allow_nondeterminism
             _refuse_or_note(result, allowed, "non-determinism", "allow_nondeterminism", text)
+        elif f["name"] == axes.CERTIFICATE_VIOLATED:
+            result.errors.append(axes.certificate_error(text))
         else:
             result.notes.append(f"health warning {text}")
 
@@ -302,11 +424,13 @@ def _refuse_or_note(result: GateResult, allowed: bool, what: str, opt: str, text
 
 
 __all__ = [
+    "GateData",
     "apply_health",
     "attack_config",
     "build_attack",
     "build_reference",
     "deterministic",
+    "gate_data",
     "gate_model",
     "load_split",
     "run_gate",

@@ -3,7 +3,7 @@
 :class:`GateSession` lives in the pytest config's stash (see :func:`gate_session`). The marker
 fixture and the YAML items both validate their settings through :meth:`GateSession.spec` (which
 applies the ``--robustness-*`` overrides), load data through :meth:`GateSession.prepare` (once
-per dataset split) and evaluate through :meth:`GateSession.evaluate` (which compares with the
+per data spec and split) and evaluate through :meth:`GateSession.evaluate` (which compares with the
 baseline and fails the test with the table). At the end of the run :meth:`GateSession.finish`
 Holm-corrects the comparisons and writes the baseline, the report and the MLflow run.
 
@@ -21,14 +21,14 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
-from robustbench_local.gates.errors import BaselineError, GateConfigError, RobustnessGateWarning
+from robustbench_local.gates.errors import BaselineError, RobustnessGateWarning
 from robustbench_local.gates.results import INCONCLUSIVE, GateResult
 from robustbench_local.gates.spec import GateSpec
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from defenses.data import DataLike
+    from robustbench_local.gates.runner import GateData
 
 MARKER = "robustness"
 """The marker name: ``@pytest.mark.robustness(...)``; YAML gate items carry it too."""
@@ -36,7 +36,12 @@ MARKER = "robustness"
 
 def fail_setup(where: str, err: Exception) -> NoReturn:
     """Fail a gate's setup with ``err`` as the message (no traceback)."""
-    pytest.fail(f"robustness gate setup failed for {where}: {err}", pytrace=False)
+    fail_gate(f"robustness gate setup failed for {where}: {err}")
+
+
+def fail_gate(message: str) -> NoReturn:
+    """Fail the test with ``message`` alone: no traceback, and not the exception it handles."""
+    raise pytest.fail.Exception(message, pytrace=False) from None
 
 
 class GateSession:
@@ -49,8 +54,9 @@ class GateSession:
         self.family_size = 0
         self.baseline: dict[str, Any] | None = None
         self.baseline_path = self._option("compare")
-        self._data: dict[tuple[str, str], DataLike] = {}
+        self._data: dict[tuple[str, str, str], GateData] = {}
         self._ids: dict[str, int] = {}
+        self.checked: set[str] = set()
 
     def _option(self, name: str) -> Any:
         return self.config.getoption(f"robustness_{name}")
@@ -79,49 +85,79 @@ class GateSession:
             inconclusive=self._option("inconclusive"),
         )
 
-    def prepare(self, spec: GateSpec) -> DataLike:
-        """Load (once per run) the gate's data split; check the attack and ``n_examples``."""
-        from robustbench_local.gates.runner import build_attack, load_split, select_samples
+    def prepare(self, spec: GateSpec, root: Path | None = None, data: Any = None) -> GateData:
+        """The gate's split, loaded once per run; check the attack and ``n_examples``.
+
+        Args:
+            spec: The gate.
+            root: Folder that relative data paths are relative to (the gate file's folder, or
+                the test file's for a marker).
+            data: Data given to ``check(model, data=...)`` (a data spec, arrays or a Dataset);
+                default: the spec's ``dataset`` and ``split``.
+        """
+        from robustbench_local.gates.runner import build_attack, gate_data, select_samples
 
         build_attack(spec)
-        key = (spec.dataset, spec.split)
-        if key not in self._data:
+        source = spec.dataset if data is None else data
+        key = self._data_key(source, spec.split, root)
+        if key is None or key not in self._data:
             try:
-                self._data[key] = load_split(spec.dataset, spec.split, self._option("data_dir"))
+                loaded = gate_data(spec, data, data_dir=self._option("data_dir"), root=root)
             except OSError as err:
                 raise OSError(
                     f"{err}\nFor gates: point --robustness-data-dir at a dataset mirror."
                 ) from err
-        data = self._data[key]
-        select_samples(spec, data)
-        return data
+            if key is None:
+                select_samples(spec, loaded)
+                return loaded
+            self._data[key] = loaded
+        select_samples(spec, self._data[key])
+        return self._data[key]
+
+    @staticmethod
+    def _data_key(source: Any, split: str, root: Path | None) -> tuple[str, str, str] | None:
+        """The cache key of a data spec; None for data given in memory (not cached).
+
+        A path's key includes the folder it is relative to; a registered name's does not.
+        """
+        if not isinstance(source, str | os.PathLike):
+            return None
+        text = os.fspath(source)
+        folder = str(root) if root is not None and any(c in text for c in "/\\.~") else ""
+        return (text, split, folder)
 
     def gate_id(self, nodeid: str) -> str:
-        """The node id; repeated checks in one test get ``#2``, ``#3``..."""
+        """The node id; repeated checks in one test get ``#2``, ``#3``...
+
+        Asking for it is what a check does: the test counts as checked.
+        """
+        self.checked.add(nodeid)
         self._ids[nodeid] = self._ids.get(nodeid, 0) + 1
         count = self._ids[nodeid]
         return nodeid if count == 1 else f"{nodeid}#{count}"
 
     def evaluate(
-        self, gate_id: str, spec: GateSpec, model: nn.Module, data: DataLike | None
+        self, gate_id: str, spec: GateSpec, model: nn.Module, data: GateData | None
     ) -> GateResult:
         """Run the gate, record it, compare it with the baseline and enforce the verdict.
 
-        ``data`` is the split to sample from (None: load the spec's dataset).
+        ``data`` is the prepared split (None: load the spec's dataset). Settings, data or a
+        device the evaluation cannot use fail the test with the message (no traceback).
         """
         from robustbench_local.gates.runner import run_gate
 
         try:
             result = run_gate(
-                spec, model, data=data, device=self._option("device"), gate_id=gate_id
-            )
-        except GateConfigError as err:
-            pytest.fail(f"robustness gate {spec.name!r}: {err}", pytrace=False)
+                spec, model, data=data, data_dir=self._option("data_dir"),
+                device=self._option("device"), gate_id=gate_id,
+            )  # fmt: skip
+        except ValueError as err:  # GateConfigError, and the input checks' InputError
+            fail_gate(f"robustness gate {spec.name!r}: {err}")
         self.results.append(result)
         try:
             self._compare(result)
         except BaselineError as err:
-            pytest.fail(str(err), pytrace=False)
+            fail_gate(str(err))
         self.enforce(result)
         return result
 
@@ -218,4 +254,4 @@ def gate_session(config: pytest.Config) -> GateSession:
     return config.stash[SESSION_KEY]
 
 
-__all__ = ["MARKER", "SESSION_KEY", "GateSession", "fail_setup", "gate_session"]
+__all__ = ["MARKER", "SESSION_KEY", "GateSession", "fail_gate", "fail_setup", "gate_session"]

@@ -12,10 +12,16 @@ import dataclasses
 import difflib
 import math
 import numbers
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from robustbench_local.gates.axis_spec import (
+    axis_to_dict,
+    check_against_attack,
+    check_axis_settings,
+)
 from robustbench_local.gates.errors import GateConfigError
 from robustbench_local.gates.stats import check_confidence, check_method
 
@@ -37,8 +43,13 @@ class GateSpec:
         attack: A registered attack name (``attacks.names()``), e.g. ``"pgd"``.
         eps: Budgets, sorted increasingly (input units: 0.3 on MNIST).
         min_accuracy: Threshold per eps in [0, 1], or None for "report and compare only".
+            One threshold (a number or a one-item list) applies to every eps; a list of
+            another length than the eps is an error.
         n_examples: Samples drawn (a fixed, hashed list) from the split.
-        dataset: A ``robustbench_local.load_dataset`` name.
+        dataset: Any data spec of ``robustbench_local.load_dataset``: a registered name, a
+            folder of images in class subfolders, an ``.npz``/``.pt`` file of arrays or
+            ``module:function``; relative paths are relative to the gate file (YAML) or the
+            test file (marker).
         split: ``"test"`` (default) or ``"train"``.
         norm: ``"linf"`` or ``"l2"``; None keeps the attack's default.
         attack_kwargs: Further attack arguments, e.g. ``{"steps": 20}``.
@@ -55,6 +66,21 @@ class GateSpec:
             ``False`` (none; the report says so) or a mapping of reduced settings such as
             ``{"n_target_classes": 3, "square_queries": 500}`` (at the largest eps, labelled
             reduced).
+        certify: A certification method (``"ibp"``, ``"crown"``, ``"milp"``,
+            ``"smoothing"``) or ``{"method": ..., **settings}``: the gate also certifies its
+            samples on its grid and norm (:mod:`~robustbench_local.gates.axis_spec`); None: no
+            certified rows.
+        min_certified_accuracy: Certified-accuracy threshold per eps (one for every eps, or
+            one per eps), judged with the same bounds; None: report only.
+        corruptions: ``"auto"`` or corruption names: the gate also measures accuracy under
+            common corruptions on its samples; None: no corruption rows (``"auto"`` when
+            ``min_corruption_accuracy`` is given without it).
+        severities: Corruption severities, 1-5, None for each corruption's benchmark level
+            (written ``"bench"``).
+        min_corruption_accuracy: ``{"mean": t}`` for the mean over every corruption and
+            severity, and/or ``{name: t}`` per corruption (averaged over the severities); a
+            number means ``{"mean": number}``. The bounds use the sample count N, not the
+            number of corrupted images (:func:`~robustbench_local.gates.stats.mean_bounds`).
     """
 
     name: str
@@ -74,6 +100,11 @@ class GateSpec:
     allow_nondeterminism: bool = False
     seed: int = 0
     reference: str | bool | Mapping[str, int] = "auto"
+    certify: str | Mapping[str, Any] | None = None
+    min_certified_accuracy: tuple[float | None, ...] | None = None
+    corruptions: str | tuple[str, ...] | None = None
+    severities: tuple[int | None, ...] = (1, 2, 3, 4, 5)
+    min_corruption_accuracy: Mapping[str, float] | None = None
 
     @classmethod
     def fields(cls) -> list[str]:
@@ -98,9 +129,12 @@ class GateSpec:
             "eps": tuple(e for e, _ in pairs),
             "min_accuracy": tuple(t for _, t in pairs),
         }
+        values.update(check_axis_settings(kw, sorted(range(len(eps)), key=eps.__getitem__)))
         for key, value in kw.items():
             values[key] = _VALIDATORS[key](value, key)
-        return cls(name=str(name), **values)
+        spec = cls(name=str(name), **values)
+        check_against_attack(spec)
+        return spec
 
     def with_overrides(self, **overrides: Any) -> GateSpec:
         """A copy with some settings replaced (None values are ignored), validated again."""
@@ -115,6 +149,7 @@ class GateSpec:
         d["attack_kwargs"] = dict(self.attack_kwargs)
         if isinstance(self.reference, Mapping):
             d["reference"] = dict(self.reference)
+        d.update(axis_to_dict(self))
         return d
 
 
@@ -158,6 +193,11 @@ def _check_eps(value: Any) -> list[float]:
 
 
 def _check_thresholds(value: Any, k: int) -> list[float | None]:
+    """One threshold per eps: a single one (number or one-item list) applies to every eps.
+
+    Raises:
+        GateConfigError: A list whose length is neither 1 nor the number of eps (both named).
+    """
     if value is None:
         return [None] * k
     values = _as_list(value)
@@ -165,8 +205,8 @@ def _check_thresholds(value: Any, k: int) -> list[float | None]:
         values = values * k
     if len(values) != k:
         raise GateConfigError(
-            f"min_accuracy has {len(values)} values for {k} eps values: "
-            "give one threshold or one per eps"
+            f"min_accuracy has {len(values)} values for {k} eps values: give one threshold "
+            f"(it applies to every eps) or {k}, one per eps in the order of eps"
         )
     return [None if v is None else _check_threshold(v) for v in values]
 
@@ -191,6 +231,18 @@ def _check_str(choices: Sequence[str] | None) -> Validator:
         return v
 
     return check
+
+
+def _check_dataset(value: Any, key: str) -> str:
+    """A data spec: registered names lower-cased, paths and import paths kept as written."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value:
+        raise GateConfigError(
+            f"{key} must be a data spec (a registered name such as mnist, a folder of images, "
+            f"an .npz or .pt file, or module:function), got {value!r}"
+        )
+    return value if any(c in value for c in "/\\.:~") else value.lower()
 
 
 def _check_norm(value: Any, key: str) -> str | None:
@@ -267,7 +319,7 @@ def _check_reference(value: Any, key: str) -> str | bool | dict[str, int]:
 _VALIDATORS: dict[str, Validator] = {
     "attack": _check_str(None),
     "n_examples": _check_int(1),
-    "dataset": _check_str(None),
+    "dataset": _check_dataset,
     "split": _check_str(SPLITS),
     "norm": _check_norm,
     "attack_kwargs": _check_attack_kwargs,

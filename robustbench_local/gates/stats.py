@@ -1,5 +1,8 @@
 """Statistics of the gates: binomial confidence bounds, the exact McNemar test, Holm's correction.
 
+:func:`mean_bounds` extends the binomial bounds to a mean of per-sample averages in [0, 1]
+(the corruption rows: N samples, each averaged over its corruptions and severities).
+
 This is the project's one Wilson score interval: the gates use its one-sided bounds
 (:func:`wilson_bounds`), the benchmark's model cards its two-sided interval
 (:func:`wilson_interval`, which is ``wilson_bounds(k, n, (1 + confidence) / 2)``).
@@ -15,6 +18,8 @@ References:
     Liu, Hsueh, Hsieh & Chen, "Tests for equivalence or non-inferiority for paired binary data",
     Statistics in Medicine 2002 (the margin-shifted conditional test).
     Holm, "A simple sequentially rejective multiple test procedure", Scand. J. Statistics 1979.
+    Hoeffding, "Probability inequalities for sums of bounded random variables", JASA 1963
+    (bounds on means of [0, 1] variables: :func:`mean_bounds`).
 """
 
 from __future__ import annotations
@@ -78,11 +83,7 @@ def check_method(value: Any, key: str = "method") -> str:
 
 
 def _wilson(k: int, n: int, z: float) -> tuple[float, float]:
-    p = k / n
-    denom = 1.0 + z * z / n
-    center = (p + z * z / (2 * n)) / denom
-    half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, center - half), min(1.0, center + half)
+    return _wilson_fraction(k / n, n, z)
 
 
 def wilson_bounds(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -172,6 +173,66 @@ def accuracy_bounds(
     return clopper_pearson_bounds(k, n, confidence)
 
 
+def mean_bounds(
+    mean: float, n: int, confidence: float = 0.95, method: str = "wilson"
+) -> tuple[float, float]:
+    """One-sided bounds on the mean of ``n`` independent per-sample averages in [0, 1].
+
+    What a gate's corruption rows use: each of the ``n`` samples has an accuracy averaged over
+    its C corruptions x S severities (``a_i`` in [0, 1]), and the mean corruption accuracy is
+    the mean of the ``a_i``. The C x S cells of one sample are not independent (a digit the
+    model misreads stays misread under most corruptions), so the sample size of the bound is
+    ``n``, not ``C * S * n``: counting every corrupted image as a trial would narrow the
+    interval by up to ``sqrt(C * S)`` (8.7 for MNIST-C's 15 x 5) and let noise decide the
+    verdict. The bounds are the binomial bounds of ``method`` at ``k = n * mean`` successes
+    (fractional ``k``): a variable in [0, 1] with mean ``p`` has variance at most
+    ``p (1 - p)``, the Bernoulli variance, and among such variables the Bernoulli is the
+    extreme case of the convex order (Hoeffding 1963), so treating the ``n`` averages as ``n``
+    Bernoulli trials with the same mean is conservative (up to the approximation each method
+    already makes). With one cell per sample (C = S = 1) ``k`` is an integer and these are
+    exactly :func:`accuracy_bounds`.
+
+    Args:
+        mean: The mean of the per-sample averages, in [0, 1].
+        n: The number of samples.
+        confidence: One-sided confidence level, e.g. 0.95.
+        method: ``"wilson"`` or ``"clopper-pearson"``.
+
+    Returns:
+        ``(lower, upper)`` in [0, 1].
+
+    Raises:
+        ValueError: ``n < 1`` or ``mean`` outside [0, 1].
+
+    References:
+        Hoeffding, "Probability inequalities for sums of bounded random variables", JASA 1963.
+    """
+    from scipy.stats import beta, norm
+
+    method = check_method(method)
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise ValueError(f"n must be a positive integer count of samples, got {n!r}")
+    if not 0.0 <= float(mean) <= 1.0:
+        raise ValueError(f"mean must be in [0, 1] (an average accuracy), got {mean}")
+    c = check_confidence(confidence)
+    k = float(mean) * n
+    if method == "wilson":
+        z = float(norm.ppf(c))
+        return _wilson_fraction(float(mean), n, z)
+    alpha = 1.0 - c
+    lower = 0.0 if k <= 0 else float(beta.ppf(alpha, k, n - k + 1))
+    upper = 1.0 if k >= n else float(beta.ppf(1.0 - alpha, k + 1, n - k))
+    return lower, upper
+
+
+def _wilson_fraction(p: float, n: int, z: float) -> tuple[float, float]:
+    """Wilson bounds at the observed proportion ``p`` of ``n`` trials (``p`` may be k/n)."""
+    denom = 1.0 + z * z / n
+    center = (p + z * z / (2 * n)) / denom
+    half = z / denom * math.sqrt(max(p * (1 - p), 0.0) / n + z * z / (4 * n * n))
+    return max(0.0, center - half), min(1.0, center + half)
+
+
 def mcnemar_drop_pvalue(losses: int, gains: int, n: int, margin: float = 0.0) -> float:
     """One-sided exact McNemar p-value for "accuracy dropped by more than ``margin``".
 
@@ -235,6 +296,7 @@ __all__ = [
     "clopper_pearson_bounds",
     "holm_adjust",
     "mcnemar_drop_pvalue",
+    "mean_bounds",
     "wilson_bounds",
     "wilson_interval",
 ]

@@ -5,7 +5,8 @@ its first layer is a :class:`Normalize` holding the dataset's mean and std. The 
 builder live in :mod:`.zoo`, the architectures in :mod:`.small` (digits, MNIST) and
 :mod:`.resnets` (CIFAR-10), checkpoints in :mod:`.checkpoints`. A user's own architecture is
 registered with :func:`register_model` or named by import path (``"mypkg.nets:Net"``);
-:func:`wrap_model` (:mod:`.wrap`) adapts a model's outputs and preprocessing to the contract.
+:func:`wrap_model` (:mod:`.wrap`) adapts a model's outputs and preprocessing to the contract;
+:func:`example_model` (:mod:`.examples`) is a small trained model for examples, cached on disk.
 
 Example:
     >>> model = create_model("digits_mlp")
@@ -28,6 +29,7 @@ from robustbench_local.models.checkpoints import (
     save_checkpoint,
     weights_digest,
 )
+from robustbench_local.models.examples import EXAMPLE_RECIPES, example_model
 from robustbench_local.models.resnets import (
     PreActBlock,
     PreActResNet,
@@ -47,6 +49,7 @@ from robustbench_local.models.zoo import (
 )
 
 __all__ = [
+    "EXAMPLE_RECIPES",
     "FORMAT_VERSION",
     "MODELS",
     "Normalize",
@@ -58,6 +61,7 @@ __all__ = [
     "arch_name",
     "create_model",
     "digits_mlp",
+    "example_model",
     "load_checkpoint",
     "mnist_cnn",
     "mnist_small_cnn",

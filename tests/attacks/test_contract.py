@@ -15,6 +15,10 @@ FAST_KW: dict[str, dict] = {
     "apgd_ce": {"steps": 20},
     "apgd_dlr": {"steps": 20, "n_target_classes": 2},
     "trades_kl": {"steps": 10},
+    "fab": {"steps": 20},
+    "fab_t": {"steps": 20, "n_target_classes": 2},
+    "square": {"n_queries": 300},
+    "alma": {"steps": 100},
 }
 EPS = {Norm.LINF: [0.0, 0.05, 0.1, 0.3], Norm.L2: [0.0, 0.5, 1.0, 3.0]}
 

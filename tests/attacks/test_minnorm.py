@@ -136,7 +136,9 @@ def linear_optimum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Nor
     LINEAR_CASES,
     ids=[f"{c[0]}-{c[2].value}" + ("-tuned" if "momentum" in c[1] else "") for c in LINEAR_CASES],
 )
-def test_linear_model_norms_are_the_exact_minimum(linear, name, kw, norm, median_ratio, max_ratio):
+def test_linear_model_norms_are_the_exact_minimum(
+    linear, name, kw, norm, median_ratio, max_ratio, record_property
+):
     """No attack reports less than the minimum, and each gets close to it."""
     model, x, y = linear
     best = linear_optimum(model, x, y, norm)
@@ -145,7 +147,8 @@ def test_linear_model_norms_are_the_exact_minimum(linear, name, kw, norm, median
     assert bool(res.success.all()), "every sample of this linear model can be broken"
     assert bool((res.norms >= best * (1 - 1e-6)).all()), "below the provable minimum"
     ratio = res.norms / best
-    print(name, norm.value, float(best.median()), float(ratio.median()), float(ratio.max()))
+    record_property("median_ratio", float(ratio.median()))
+    record_property("max_ratio", float(ratio.max()))
     assert float(ratio.median()) <= median_ratio
     assert float(ratio.max()) <= max_ratio
 
@@ -163,8 +166,18 @@ MLP_CASES = [
 
 
 @pytest.mark.parametrize(("name", "kw"), MLP_CASES, ids=[f"{n}-{k}" for n, k in MLP_CASES])
-def test_breaks_every_digit_with_nearly_minimal_norms(digits_model, digits_batch, name, kw):
-    """Success on an undefended model; bisecting towards x finds at most a few % less."""
+def test_breaks_every_digit_with_nearly_minimal_norms(
+    digits_model, digits_batch, name, kw, record_property
+):
+    """Success on an undefended model; bisecting towards x finds at most a few % less.
+
+    Bounds on the ratio left by bisection (1: nothing smaller on the segment), worst case over
+    the cases, measured under the default / avx2 / avx512 kernels: 1% quantile
+    0.9686 / 0.9724 / 0.9704 (alma, ddn, l1 alma), smallest 0.9166 / 0.9571 / 0.9571 (alma, ddn,
+    ddn), median 0.9985 / 0.9985 / 0.9981 (l1 alma). The smallest is one sample of ~195 and
+    moves by 5 points with the kernels, so it only has a loose floor. Weakened attacks fail:
+    fmn l1 with 20 steps (1% quantile 0.86), alma with 50 steps (0.81), ddn with 20 (0.11).
+    """
     x, y = digits_batch
     atk = attacks.create(name, **kw)
     res = atk(digits_model, x, y, eps=[0.0, 1e9])
@@ -180,7 +193,11 @@ def test_breaks_every_digit_with_nearly_minimal_norms(digits_model, digits_batch
             adv = digits_model(x[hit] + mid.view(-1, 1, 1, 1) * (found - x[hit])).argmax(1)
         fooled = adv != y[hit]
         hi, lo = torch.where(fooled, mid, hi), torch.where(fooled, lo, mid)
-    assert float(hi.min()) >= 0.93
+    record_property("q01", float(hi.quantile(0.01)))
+    record_property("min", float(hi.min()))
+    record_property("median", float(hi.median()))
+    assert float(hi.quantile(0.01)) >= 0.95
+    assert float(hi.min()) >= 0.8
     assert float(hi.median()) >= 0.995
 
 

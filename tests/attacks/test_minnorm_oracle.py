@@ -8,6 +8,14 @@ where ours deliberately differs (FMN: the exact l1 projection onto the box, and 
 projections where adv-lib rescales every iterate onto the sphere). The adv-lib tests are
 skipped where it is not installed (``pip install --no-deps adv-lib==0.2.8``); its LPIPS and
 plotting modules import torchvision and visdom, which are stubbed here.
+
+The comparisons are paired: each sample's norm is divided by the oracle's norm on the same
+sample, and the median of these ratios is bounded. A ratio of the two medians is not used: each
+median is set by one sample near the middle, so when the CPU kernel set (``ATEN_CPU_CAPABILITY``)
+moves the optimisers' paths by a last bit, the ratio of medians moved by up to 0.4% (DeepFool)
+and 3% (l1 ALMA vs adv-lib) while the median of paired ratios moved by at most 0.01%. Each bound
+carries the values measured under the default / avx2 / avx512 kernels
+(``python benchmarks/kernel_spread.py tests/attacks/test_minnorm_oracle.py``).
 """
 
 from __future__ import annotations
@@ -49,8 +57,25 @@ def _fooled(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> torch.Ten
         return model(x_adv).argmax(1) != y
 
 
+def _paired_median(ours: torch.Tensor, theirs: torch.Tensor) -> float:
+    """Median over samples of ``ours / theirs`` where either attack succeeded.
+
+    A sample only ours broke counts 0, one only the oracle broke counts inf.
+    """
+    either = ours.isfinite() | theirs.isfinite()
+    return float((ours / theirs)[either].median())
+
+
 @pytest.mark.slow
-def test_l2_attacks_not_weaker_than_art_deepfool(digits_model, correct):
+def test_l2_attacks_not_weaker_than_art_deepfool(digits_model, correct, record_property):
+    """Per sample, ours is at most 0.5% above DeepFool in the median.
+
+    Median paired ratio measured (default / avx2 / avx512 kernels): ddn 1.0010 / 1.0010 /
+    1.0011, fmn 1.0000 (all three), alma 1.0001 (all three), cw_l2 1.0014 (all three); the ratio
+    of the medians, used before, moved by 0.4% (alma 0.9961 / 0.9997 / 1.0001). Weakened attacks
+    fail the bound: alma with 50 steps (1.026), ddn with 30 steps (1.011), cw_l2 with 20 steps
+    (1.48); alma with 100 steps (1.0023 / 1.0023 / 1.0032) is too close to tell.
+    """
     x, y = correct
     deepfool = art_evasion.DeepFool(art_classifier(digits_model), batch_size=len(y), verbose=False)
     x_df = torch.as_tensor(deepfool.generate(x.numpy()))
@@ -59,11 +84,13 @@ def test_l2_attacks_not_weaker_than_art_deepfool(digits_model, correct):
     for name in ("ddn", "fmn", "alma", "cw_l2"):
         res = attacks.create(name)(digits_model, x, y)
         assert bool(res.norms.isfinite().all()), name
-        assert float(res.norms.median()) <= float(df.median()) * 1.005, name
+        ratio = _paired_median(res.norms, df)
+        record_property(f"{name}_paired_median_ratio", ratio)
+        assert ratio <= 1.005, (name, ratio)
 
 
 @pytest.mark.slow
-def test_l1_fmn_not_weaker_than_art_elastic_net(digits_model, correct):
+def test_l1_fmn_not_weaker_than_art_elastic_net(digits_model, correct, record_property):
     x, y = correct
     x, y = x[:60], y[:60]
     ead = art_evasion.ElasticNet(
@@ -80,7 +107,9 @@ def test_l1_fmn_not_weaker_than_art_elastic_net(digits_model, correct):
     assert float(ref.isfinite().float().mean()) > 0.9
     res = attacks.create("fmn", norm="l1")(digits_model, x, y)
     assert bool(res.norms.isfinite().all())
-    assert float(res.norms.median()) <= float(ref[ref.isfinite()].median())
+    ratio = _paired_median(res.norms, ref)
+    record_property("paired_median_ratio", ratio)
+    assert ratio <= 1.0, ratio  # measured MEAS_EAD (default / avx2 / avx512)
 
 
 # ------------------------------------------------------------------------------- adv-lib
@@ -117,36 +146,43 @@ def adv_lib() -> types.ModuleType:
             2.0,
             (0.999, 1.001),
         ),
-        (("alma", {"steps": 300}), ("alma", {"num_steps": 300}), 2.0, (0.99, 1.01)),
+        (("alma", {"steps": 300}), ("alma", {"num_steps": 300}), 2.0, (0.999, 1.001)),
         (
             ("fmn", {"norm": "linf", "steps": 200}),
             ("fmn", {"norm": float("inf"), "steps": 200}),
             float("inf"),
-            (0.95, 1.01),
+            (0.999, 1.001),
         ),
         (
             ("fmn", {"norm": "l1", "steps": 200}),
             ("fmn", {"norm": 1, "steps": 200}),
             1.0,
-            (0.0, 1.0),
+            (0.0, 1.001),
         ),
         (
             ("alma", {"norm": "l1", "steps": 300}),
             ("alma", {"distance": "l1", "num_steps": 300}),
             1.0,
-            (0.95, 1.02),
+            (0.998, 1.002),
         ),
     ],
     ids=["ddn", "ddn-no-levels", "alma", "fmn-linf", "fmn-l1", "alma-l1"],
 )
-def test_same_algorithm_as_adv_lib(adv_lib, digits_model, correct, ours, theirs, p, ratio):
-    """Medians within 0.1-2% of adv-lib's, or smaller (never more than 1-2% larger).
+def test_same_algorithm_as_adv_lib(
+    adv_lib, digits_model, correct, ours, theirs, p, ratio, record_property
+):
+    """Per sample, norms within 0.1% (0.2% for l1 ALMA) of adv-lib's in the median, or smaller.
 
-    Smaller where ours differs: l1 FMN projects exactly onto the ball and the box; linf FMN's
-    first radius is the linear estimate of the boundary times ``1 + gamma`` (adv-lib's lands
-    on its robust side), about 1% smaller norms here. l1 ALMA comes out 2-3% smaller than
-    adv-lib's on the digits MLP with the same updates (l2 ALMA matches within 1%); the cause
-    was not found, so the lower bound is loose there.
+    Where ours deliberately differs it is smaller: l1 FMN projects exactly onto the ball and the
+    box and breaks the 79 of 193 samples adv-lib's misses (they count 0 in the paired ratios);
+    linf FMN's first radius is the linear estimate of the boundary times ``1 + gamma``. The
+    ratio of the two medians, used before, moved with the kernels by up to 3% (l1 ALMA: 1.0252 /
+    1.0099 / 0.9937) and 1.2% (linf FMN: 0.9879 / 0.9879 / 0.9998). Median paired ratio measured
+    (default / avx2 / avx512 kernels): ddn and ddn-no-levels 1.000000 each; alma 1.000006 /
+    0.999999 / 1.000028; fmn-linf 1.000001 / 1.000000 / 1.000001; fmn-l1 0.999967 (all three);
+    alma-l1 0.999978 / 0.999762 / 0.999906. Weakened attacks fail the bounds: ddn with 50 steps
+    (1.0023), alma with 100 (1.0019), l1 alma with 100 (1.028); linf and l1 FMN with 50 steps
+    stay inside (1.0002, 1.00003), so for FMN the bounds only say "the same algorithm".
     """
     x, y = correct
     res = attacks.create(ours[0], **ours[1])(digits_model, x, y)
@@ -154,5 +190,6 @@ def test_same_algorithm_as_adv_lib(adv_lib, digits_model, correct, ours, theirs,
     ref = _norms(x_ref, x, _fooled(digits_model, x_ref, y), p)
     assert float(res.norms.isfinite().float().mean()) >= float(ref.isfinite().float().mean())
     low, high = ratio
-    r = float(res.norms.median()) / float(ref.median())
+    r = _paired_median(res.norms, ref)
+    record_property("paired_median_ratio", r)
     assert low <= r <= high, r

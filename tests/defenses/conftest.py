@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -11,9 +13,10 @@ torch.set_num_threads(1)
 
 
 def _make_mlp(seed: int = 0, hidden: int = 64) -> nn.Sequential:
-    """A fresh digits MLP (1x8x8 inputs), deterministic for a seed."""
+    """A fresh digits MLP (1x8x8 inputs), deterministic for a seed: the architecture of the
+    ``plain_mlp`` recipes of ``tests/trained.py``."""
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+    return sys.modules["tests_trained"].plain_mlp(hidden)
 
 
 @pytest.fixture(scope="session")

@@ -39,6 +39,7 @@ def _run(code_file: Path, blocked: str, *args: str) -> subprocess.CompletedProce
 
 
 @pytest.mark.slow
+@pytest.mark.distributed
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a CPU-only machine")
 def test_without_cuda_it_says_so_and_exits_0():
     proc = _run(SCRIPT, FORBIDDEN)
@@ -48,6 +49,7 @@ def test_without_cuda_it_says_so_and_exits_0():
 
 
 @pytest.mark.slow
+@pytest.mark.distributed
 def test_what_it_imports_pulls_in_no_mlflow_hydra_or_art(tmp_path):
     probe = tmp_path / "probe.py"
     probe.write_text(

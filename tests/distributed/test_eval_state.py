@@ -202,6 +202,7 @@ def _worker_module():
 
 
 @pytest.mark.slow
+@pytest.mark.distributed
 def test_sigkill_of_a_plain_process_then_resume(digits_model, tmp_path):
     model_path = tmp_path / "model.pt"
     torch.save(digits_model.state_dict(), model_path)

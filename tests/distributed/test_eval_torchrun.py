@@ -28,7 +28,7 @@ WORKER = HERE / "eval_worker.py"
 LAUNCH_TIMEOUT = 420  # seconds: generous for a loaded 2-core machine (3 python processes)
 EPS = [0.05, 0.1, 0.2]
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
 
 def _load_worker():

@@ -36,7 +36,7 @@ ARGS = [
     "tracking.experiment_name=preempt",
 ]
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
 
 def start(run_dir: Path, uri: str) -> subprocess.Popen:

@@ -23,7 +23,7 @@ from mlflow import MlflowClient
 REPO = Path(__file__).resolve().parents[2]
 EPOCHS = 40
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
 
 def session_processes(sid: int, needle: str) -> list[int]:

@@ -38,7 +38,7 @@ SWEEP = [
     f"min_duration_s={MIN_DURATION_S}",
 ]
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
 
 def run_sweep(tmp_path: Path, uri: str, experiment: str, timeout: float = 900) -> str:

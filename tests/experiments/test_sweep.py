@@ -46,6 +46,7 @@ def _parent(client: MlflowClient):
 
 
 @pytest.mark.slow
+@pytest.mark.distributed
 def test_joblib_sweep_is_one_parent_with_a_child_per_job(tmp_path, capsys):
     uri, sweep_dir = _multirun(
         tmp_path,
@@ -83,6 +84,7 @@ def test_joblib_sweep_is_one_parent_with_a_child_per_job(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.distributed
 def test_submitit_local_sweep(tmp_path):
     uri, _ = _multirun(tmp_path, ["hydra/launcher=local_submitit"], ["attack=fgsm", "defense=none"])
     client = MlflowClient(uri)
@@ -96,6 +98,7 @@ def _children_metric(client: MlflowClient, children, key: str) -> list[float]:
 
 
 @pytest.mark.slow
+@pytest.mark.distributed
 def test_seed_sweep_against_a_real_server(tmp_path, mlflow_server):
     """A seed sweep logged to `mlflow server`; the parent's aggregates read back over REST."""
     _multirun(tmp_path, ["tracking.log_model=true", "tracking.experiment_name=server-sweep"],

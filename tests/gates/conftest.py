@@ -1,10 +1,11 @@
 """Gate tests: plugin loading for pytester, digits checkpoints, and the repo's own MNIST gate.
 
 The repository's gate file ``tests/gates/robustness_gates.yaml`` checks a small CNN trained on
-real MNIST during the test session. Its ``model:`` is ``${ROBUSTNESS_GATES_MNIST_CKPT}``: just
-before the first gate of that file runs, :func:`pytest_runtest_setup` below trains the model
-(FGSM-RS adversarial training, Wong et al. 2020, a few seconds on one core), saves it into a
-temporary folder and exports its path in that variable (restored at the end of the session).
+real MNIST. Its ``model:`` is ``${ROBUSTNESS_GATES_MNIST_CKPT}``: just before the first gate of
+that file runs, :func:`pytest_runtest_setup` below gets the model (FGSM-RS adversarial training,
+Wong et al. 2020: the ``mnist_small_cnn_fgsm_at`` recipe of ``tests/trained.py``, trained once
+and cached), saves it into a temporary folder and exports its path in that variable (restored
+at the end of the session).
 Set the variable yourself to gate another checkpoint of the same architecture instead. Without
 the MNIST mirror ($ROBUSTBENCH_LOCAL_DATA_DIR or ../shared/datasets) the gates are skipped. The
 file marks its gates ``slow`` (``marks: [slow]``), so ``pytest -m "not slow"`` deselects them and
@@ -16,6 +17,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -99,29 +101,14 @@ def run_pytest(pytester: pytest.Pytester, plugin_args: list[str]):
 # ------------------------------------------------------------------------------ digits models
 
 
-def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    model.train()
-    for _ in range(epochs):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    return model.eval()
-
-
 @pytest.fixture(scope="session")
-def digits_checkpoints(tmp_path_factory) -> dict[str, Path]:
+def digits_checkpoints(tmp_path_factory, trained) -> dict[str, Path]:
     """``digits_mlp`` checkpoints: ``good`` (trained) and ``dropped`` (its weights perturbed,
     so that robust accuracy drops clearly)."""
-    from robustbench_local.data import load_dataset
-    from robustbench_local.models import create_model, save_checkpoint
+    from robustbench_local.models import save_checkpoint
 
-    train, _ = load_dataset("digits")
-    x, y = train.tensors
-    good = _train(create_model("digits_mlp"), x, y, epochs=150, seed=0)
-    dropped = create_model("digits_mlp")
-    dropped.load_state_dict(good.state_dict())
+    good = trained("digits_zoo_mlp")
+    dropped = trained("digits_zoo_mlp")
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in dropped.parameters():
@@ -142,32 +129,18 @@ def _mnist_mirror() -> Path | None:
     return Path(env) if env and (Path(env) / "mnist").is_dir() else None
 
 
-def train_mnist_gate_model(data_dir: Path, n_train: int = 12000, epochs: int = 2) -> nn.Module:
-    """FGSM-RS adversarial training (eps 0.1) of ``mnist_small_cnn`` on an MNIST subset.
+def train_mnist_gate_model(config: pytest.Config) -> nn.Module:
+    """``mnist_small_cnn`` after FGSM-RS adversarial training at eps 0.1 on 12,000 MNIST images.
+
+    The ``mnist_small_cnn_fgsm_at`` recipe of ``tests/trained.py`` (the project's ``fgsm_at``
+    defense), trained once and cached in pytest's cache folder.
 
     References:
         Wong, Rice & Kolter, "Fast is better than free: Revisiting adversarial training",
         ICLR 2020.
     """
-    import attacks
-    from robustbench_local.data import load_dataset
-    from robustbench_local.models import create_model
-
-    train, _ = load_dataset("mnist", data_dir=data_dir)
-    x, y = train.tensors[0][:n_train], train.tensors[1][:n_train]
-    torch.manual_seed(0)
-    model = create_model("mnist_small_cnn")
-    fgsm = attacks.create("fgsm", random_start=True, rel_step_size=1.25, eval_mode=False, seed=0)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(epochs):
-        for idx in torch.randperm(n_train, generator=gen).split(100):
-            model.train()
-            x_adv = fgsm(model, x[idx], y[idx], eps=0.1).x_adv
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x_adv), y[idx]).backward()
-            opt.step()
-    return model.eval()
+    recipes = sys.modules["tests_trained"]  # loaded by tests/conftest.py
+    return recipes.trained_model("mnist_small_cnn_fgsm_at", recipes.pytest_cache_dir(config))
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -185,7 +158,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     folder = tempfile.mkdtemp(prefix="robustness_gates_")
     config.add_cleanup(lambda: _restore_env(saved, folder))
     path = Path(folder) / "mnist_small_cnn_fgsm_at.pt"
-    save_checkpoint(train_mnist_gate_model(data_dir), path)
+    save_checkpoint(train_mnist_gate_model(config), path)
     os.environ[DATA_ENV] = str(data_dir)
     os.environ[CKPT_ENV] = str(path)
 

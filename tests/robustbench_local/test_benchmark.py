@@ -14,7 +14,7 @@ import torch
 import attacks
 import defenses
 import robustbench_local as rbl
-from robustbench_local import benchmark as benchmark_module
+import robustbench_local.benchmark as benchmark_module
 from robustbench_local.benchmark import benchmark, standard_suite
 from robustbench_local.card import BENCHMARKED, ModelCard, percent_interval
 from robustbench_local.data import sample_indices
@@ -28,18 +28,9 @@ FAST = {
 
 
 @pytest.fixture(scope="module")
-def zoo_model():
-    """A digits_mlp from the zoo (it has ``arch``), trained for a second."""
-    torch.manual_seed(0)
-    train, _ = rbl.load_dataset("digits")
-    x, y = train.tensors
-    model = rbl.create_model("digits_mlp")
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(100):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    return model.eval()
+def zoo_model(trained):
+    """A digits_mlp from the zoo (it has ``arch``): tests/trained.py's ``digits_zoo_mlp``."""
+    return trained("digits_zoo_mlp")
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +130,7 @@ def run_cli(*args, cwd):
 
 
 @pytest.mark.slow
+@pytest.mark.distributed
 def test_cli_benchmark_then_leaderboard(zoo_model, tmp_path):
     ckpt = tmp_path / "tiny.pt"
     rbl.save_checkpoint(zoo_model, ckpt)

@@ -186,6 +186,7 @@ def test_reference_from_config_values():
 # ------------------------------------------------------------------------------ in a curve
 
 
+@pytest.mark.slow
 def test_weak_attack_gets_the_reference_worst_case_and_the_flag(digits_model, data):
     """FGSM alone overestimates robustness; the full default reference finds the gap."""
     grid = [0.05, 0.1]

@@ -157,6 +157,7 @@ def test_batches_of_1_7_or_all_give_the_same_curve(robust_mlp, data):
         assert torch.allclose(x_adv, full.x_adv, atol=1e-9, rtol=0), size
 
 
+@pytest.mark.slow
 def test_robustness_curve_uses_the_strategy(robust_mlp, data):
     x, y, _ = data
     pgd = _pgd()

@@ -84,6 +84,7 @@ def test_curve_and_flag_are_typed_not_any():
     assert typing.get_type_hints(Curve)["health"] == list[Flag]
 
 
+@pytest.mark.distributed  # a fresh interpreter per case
 @pytest.mark.parametrize(
     ("module", "must_not_load"),
     [

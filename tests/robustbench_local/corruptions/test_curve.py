@@ -372,6 +372,7 @@ def run_two_ranks(out: Path, kwargs: dict) -> list[dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.distributed
 def test_two_ranks_equal_one_process(tmp_path, model, gray):
     kwargs = {"corruptions": SOME, "severities": [1, 5], "n_examples": 51, "batch_size": 10,
               "progress": False}  # fmt: skip
