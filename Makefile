@@ -1,6 +1,7 @@
 # One command per job; each installs what it needs into .venv first.
 #   make test       run the test suite (what CI runs)
-#   make test-fast  the quick loop (< 2 min): no test marked slow or distributed (processes)
+#   make test-fast  the quick loop (< 2 min): no test marked slow or distributed (processes),
+#                   spread over the CPU cores (pytest-xdist)
 #   make run        run the default experiment offline, then print how to open MLflow
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -26,7 +27,7 @@ test: install
 	$(DATA_ENV) $(PY) -m pytest -q --durations=15
 
 test-fast: install
-	$(DATA_ENV) $(PY) -m pytest -q --durations=15 -m "not slow and not distributed"
+	$(DATA_ENV) $(PY) -m pytest -q -n auto --durations=15 -m "not slow and not distributed"
 
 run: install
 	$(PY) -m experiments.run

@@ -114,7 +114,9 @@ class CertifiedCurve:
         ax = fig.add_subplot()
         eps = [0.0, *self.eps.tolist()]
         acc = [self.clean_accuracy, *self.accuracy.tolist()]
-        ax.plot(eps, acc, "-", marker="o", ms=3, drawstyle="steps-post", label=self.label)
+        # Between two grid radii only the larger one's certificates are known to hold: each
+        # step takes the value at its right end (steps-pre), never overstating.
+        ax.plot(eps, acc, "-", marker="o", ms=3, drawstyle="steps-pre", label=self.label)
         ax.set(xlabel=f"eps ({self.norm})", ylabel="certified accuracy", ylim=(-0.02, 1.02))
         ax.set_title(title or f"{self.label} of {self.certifies} ({self.n_examples} samples)")
         ax.grid(alpha=0.3)

@@ -103,15 +103,21 @@ def _integer_shifts(matrices: Tensor) -> bool:
 
 
 def _shift(x: Tensor, shift: Tensor) -> Tensor:
-    """Image ``i`` read at ``(col + shift[i, 0], row + shift[i, 1])``, zeros outside."""
-    n, ch, h, w = x.shape
-    rows = torch.arange(h, device=x.device).view(1, h) + shift[:, 1:]
-    cols = torch.arange(w, device=x.device).view(1, w) + shift[:, :1]
-    keep_r = ((rows >= 0) & (rows < h)).to(x.dtype).view(n, 1, h, 1)
-    keep_c = ((cols >= 0) & (cols < w)).to(x.dtype).view(n, 1, 1, w)
-    ridx = rows.clamp(0, h - 1).view(n, 1, h, 1).expand(n, ch, h, w)
-    cidx = cols.clamp(0, w - 1).view(n, 1, 1, w).expand(n, ch, h, w)
-    return x.gather(2, ridx).gather(3, cidx).mul_(keep_r * keep_c)
+    """Image ``i`` read at ``(col + shift[i, 0], row + shift[i, 1])``, zeros outside.
+
+    One slice copy per distinct shift (MNIST-C's translation has four), which is a few times
+    faster than gathering every pixel through index tensors.
+    """
+    h, w = x.shape[-2:]
+    out = torch.zeros_like(x)
+    keys = shift[:, 0] * (2 * h + 1) + shift[:, 1]
+    for key in keys.unique().tolist():
+        sel = (keys == key).nonzero().flatten()
+        dx, dy = (int(v) for v in shift[sel[0]])
+        r0, r1, c0, c1 = max(0, -dy), min(h, h - dy), max(0, -dx), min(w, w - dx)
+        if r0 < r1 and c0 < c1:
+            out[sel, :, r0:r1, c0:c1] = x[sel, :, r0 + dy : r1 + dy, c0 + dx : c1 + dx]
+    return out
 
 
 def warp_grouped(x: Tensor, matrices: Tensor, group: Tensor) -> Tensor:
