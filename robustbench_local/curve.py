@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +31,7 @@ from torch import Tensor
 
 from attacks.result import COST_KEYS
 from robustbench_local.certify.curve import CertifiedCurve
-from robustbench_local.health import ADAPTIVE_SUFFIX, Flag
+from robustbench_local.health import ADAPTIVE_SUFFIX, SEVERITIES, Flag
 from robustbench_local.reference import ReferenceRecord
 
 if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn
@@ -175,6 +175,36 @@ class Curve:
         lines += self._certified_lines()
         return "\n".join(lines)
 
+    def summary(self) -> str:
+        """One line: clean accuracy, the worst case at the headline eps, and the health.
+
+        The headline eps is the largest eps where the reference suite ran (where
+        ``robustness_curve`` puts it: ``headline_eps``, default the largest of the grid), else
+        the largest eps. The certified accuracy at that eps follows when the curve has a
+        certified row. The health is ``ok`` when no check failed, else the failed flags by
+        name, grouped by severity (errors first).
+
+        Example:
+            >>> curve.summary()
+            'clean 98.00%, worst case 1.50% at eps 0.3 (linf, n=200); health: ok'
+        """
+        k = self._headline_index()
+        eps = float(self.eps[k])
+        text = (
+            f"clean {self.clean_accuracy:.2%}, worst case {float(self.worst_case()[k]):.2%} at "
+            f"eps {eps:g} ({self.norm}, n={self.n_examples})"
+        )
+        if self.certified is not None:
+            text += f", {self.certified.label} {float(self.certified.accuracy[k]):.2%}"
+        return f"{text}; health: {health_summary(self.health)}"
+
+    def _headline_index(self) -> int:
+        """Index of the headline eps: the largest where the reference ran, else the last."""
+        ran = self.ran(self.reference_label) if self.reference_label is not None else None
+        if ran is not None and bool(ran.any()):
+            return int(ran.nonzero().max())
+        return len(self.eps) - 1
+
     def _certified_lines(self) -> list[str]:
         cert = self.certified
         if cert is None:
@@ -297,6 +327,22 @@ class Curve:
         )
 
 
+def health_summary(flags: Sequence[Flag]) -> str:
+    """``"ok"`` when no flag failed, else the failed flags by name, grouped by severity.
+
+    Example:
+        >>> health_summary([failed("a", "warning", "m", "x"), failed("b", "error", "m", "x")])
+        '1 error (b), 1 warning (a)'
+    """
+    groups = []
+    for severity in reversed(SEVERITIES):  # error, warning, info
+        names = [f.name for f in flags if not f.ok and f.severity == severity]
+        if names:
+            plural = "s" if len(names) > 1 and severity != "info" else ""
+            groups.append(f"{len(names)} {severity}{plural} ({', '.join(names)})")
+    return ", ".join(groups) or "ok"
+
+
 def _certified_from(d: Mapping[str, Any] | None) -> CertifiedCurve | None:
     """The certified row of :meth:`Curve.to_dict` output (imported only when there is one)."""
     return CertifiedCurve.from_dict(d) if d else None
@@ -307,4 +353,4 @@ def _no_nan(values: Tensor) -> list[float | None]:
     return [None if math.isnan(v) else v for v in values.tolist()]
 
 
-__all__ = ["Curve", "ReferenceRecord"]
+__all__ = ["Curve", "ReferenceRecord", "health_summary"]
