@@ -154,13 +154,18 @@ def clopper_pearson_bounds(k: int, n: int, confidence: float = 0.95) -> tuple[fl
         Clopper & Pearson, "The use of confidence or fiducial limits illustrated in the case of
         the binomial", Biometrika 1934.
     """
-    from scipy.stats import beta
-
     check_counts(k, n)
-    alpha = 1.0 - check_confidence(confidence)
-    lower = 0.0 if k == 0 else float(beta.ppf(alpha, k, n - k + 1))
-    upper = 1.0 if k == n else float(beta.ppf(1.0 - alpha, k + 1, n - k))
-    return lower, upper
+    return _clopper_pearson(k, n, 1.0 - check_confidence(confidence))
+
+
+def _clopper_pearson(k: float, n: int, alpha: float) -> tuple[float, float]:
+    """The exact one-sided bounds at error ``alpha`` (``k`` may be fractional)."""
+    from robustbench_local.certify.smoothing_stats import (
+        clopper_pearson_lower,
+        clopper_pearson_upper,
+    )
+
+    return float(clopper_pearson_lower(k, n, alpha)), float(clopper_pearson_upper(k, n, alpha))
 
 
 def accuracy_bounds(
@@ -207,7 +212,7 @@ def mean_bounds(
     References:
         Hoeffding, "Probability inequalities for sums of bounded random variables", JASA 1963.
     """
-    from scipy.stats import beta, norm
+    from scipy.stats import norm
 
     method = check_method(method)
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
@@ -219,10 +224,7 @@ def mean_bounds(
     if method == "wilson":
         z = float(norm.ppf(c))
         return _wilson_fraction(float(mean), n, z)
-    alpha = 1.0 - c
-    lower = 0.0 if k <= 0 else float(beta.ppf(alpha, k, n - k + 1))
-    upper = 1.0 if k >= n else float(beta.ppf(1.0 - alpha, k + 1, n - k))
-    return lower, upper
+    return _clopper_pearson(k, n, 1.0 - c)
 
 
 def _wilson_fraction(p: float, n: int, z: float) -> tuple[float, float]:
