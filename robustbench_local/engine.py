@@ -47,10 +47,11 @@ from tqdm.auto import tqdm
 from attacks.result import Cost
 from attacks.rng import key_words
 from attacks.validation import check_positive_int
-from defenses.data import DataLike, model_device, tensors_of
+from defenses.data import DataLike, tensors_of
 from robustbench_local import distributed
 from robustbench_local.data import sample_indices
 from robustbench_local.health import Flag, passed
+from robustbench_local.inputs import resolve_device
 from robustbench_local.state import (
     BatchRecord,
     EvalState,
@@ -244,7 +245,7 @@ def run_evaluation(
     """
     check_positive_int("batch_size", batch_size)
     indices = select_samples(data, n_examples, seed) if indices is None else indices.cpu()
-    dev = torch.device(device) if device is not None else model_device(model)
+    dev = resolve_device(device, model)
     world = distributed.setup(dev)
     store = _open_state(evaluation, model, data, indices, seed, state_dir, world)
     batches = plan_batches(*world.shard(len(indices)), batch_size, store)

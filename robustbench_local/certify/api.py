@@ -28,6 +28,7 @@ from robustbench_local.engine import (
     Progress,
     run_evaluation,
 )
+from robustbench_local.inputs import check_eval_inputs
 
 BASE_SAMPLES = ("certified", "correct", "radius")
 """Per-sample results every certifier returns (its ``extra`` come beside them)."""
@@ -115,7 +116,9 @@ def certify(
         >>> print(curve.table())
     """
     certifier = create_certifier(method, norm=norm, **method_kwargs)
-    evaluation = CertifyEvaluation(certifier, check_eps_grid(eps))
+    grid = check_eps_grid(eps)
+    data = check_eval_inputs(model, data, grid, certifier.norm, certifier.bounds).data
+    evaluation = CertifyEvaluation(certifier, grid)
     run = run_evaluation(
         evaluation, model, data, n_examples=n_examples, batch_size=batch_size, seed=seed,
         device=device, state_dir=state_dir, progress=progress, desc=f"certify ({method})",

@@ -60,6 +60,7 @@ from robustbench_local.engine import (
     select_samples,
 )
 from robustbench_local.health import Flag, passed
+from robustbench_local.inputs import as_eval_data, check_eval_inputs
 
 if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn
     from matplotlib.figure import Figure
@@ -569,10 +570,12 @@ def corruption_curve(
             evaluation.
     """
     levels = check_severities(severities)
+    data = as_eval_data(data)  # numpy arrays as tensors; the suite's own checks come first
     indices = select_samples(data, n_examples, seed)
     first = _first_image(data, indices)
     suite_name, names = resolve_corruptions(corruptions, suite, first)
     _probe(first, suite_name, names, levels, seed, int(indices[0]))
+    check_eval_inputs(model, data, 0.0)  # then every entry point's checks (no budget here)
     evaluation = CorruptionEvaluation(suite_name, names, levels)
     run = run_evaluation(
         evaluation, model, data, indices=indices, batch_size=batch_size, seed=seed,
